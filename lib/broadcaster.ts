@@ -1,0 +1,225 @@
+/**
+ * The Broadcaster owns the set of client sockets and the latest-payload cache, fans each
+ * payload out, and applies the slow-client policy. It depends only on `ClientSocket`, the
+ * narrow slice of a WebSocket it needs, so tests drive it with recording fakes.
+ */
+
+/** The part of a WebSocket the Broadcaster uses. */
+export interface ClientSocket {
+  readonly readyState: number;
+  readonly bufferedAmount: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+
+/** WebSocket.OPEN, spelled out so fakes need no global. */
+export const OPEN = 1;
+
+/** Every close code the gateway sends, in one table (README "Close codes"). */
+export const CloseCode = {
+  /** Gateway shutting down. */
+  goingAway: 1001,
+  /** Client sent a binary frame; the gateway accepts none. */
+  unsupportedData: 1003,
+  /** Client broke the protocol's rules (frame flood). */
+  policyViolation: 1008,
+  /** Client frame above GATEWAY_CLIENT_MAX_FRAME_BYTES. */
+  messageTooBig: 1009,
+  /** Unexpected gateway error. */
+  internalError: 1011,
+  /** Connection limit reached; retry later. */
+  tryAgainLater: 1013,
+  /** Client stayed behind past its buffer bound for too long. */
+  slowConsumer: 4008,
+} as const;
+
+export interface BroadcasterOptions {
+  /** Bytes a client may have queued before it is conflated instead of sent to. */
+  readonly clientBufferBytes: number;
+  /** How long a client may stay over its bound before it is closed with 4008. */
+  readonly slowClientTimeoutMs: number;
+  /** How often clients that are behind are checked for room. Default 20 ms. */
+  readonly drainCheckMs?: number;
+  readonly now?: () => number;
+}
+
+/** What the Broadcaster reports; the gateway turns these into metrics and logs. */
+export interface BroadcasterEvents {
+  delivered?(count: number, bytes: number): void;
+  conflated?(): void;
+  slowClientClosed?(): void;
+  sendFailed?(error: unknown): void;
+}
+
+export type RemovalReason = "closed" | "send_error" | "slow_consumer" | "shutdown";
+
+interface Client {
+  readonly socket: ClientSocket;
+  /** Newest payload not yet sent because the client was behind; null when up to date. */
+  pending: string | null;
+  /** When the client first went over its bound (ms), or -1. */
+  behindSince: number;
+}
+
+export class Broadcaster {
+  readonly #clients = new Map<ClientSocket, Client>();
+  /** Clients holding a conflated payload; checked by the drain timer. */
+  readonly #behind = new Set<Client>();
+  /** Why each socket was removed, so the close handler can count it once, by reason. */
+  readonly #removedFor = new WeakMap<ClientSocket, RemovalReason>();
+  readonly #options: Required<BroadcasterOptions>;
+  readonly #events: BroadcasterEvents;
+  #latest: string | null = null;
+  #drainTimer: ReturnType<typeof setInterval> | undefined;
+
+  constructor(options: BroadcasterOptions, events: BroadcasterEvents = {}) {
+    this.#options = { drainCheckMs: 20, now: Date.now, ...options };
+    this.#events = events;
+  }
+
+  /** Number of clients connected now. */
+  get size(): number {
+    return this.#clients.size;
+  }
+
+  /** The cached latest payload, or null before the first message. */
+  get latest(): string | null {
+    return this.#latest;
+  }
+
+  /** Caches a payload without sending it (seeding at startup). */
+  seed(payload: string): void {
+    this.#latest = payload;
+  }
+
+  /**
+   * Adds an open socket and sends it the cached latest payload at once, so that it sees the
+   * current state first and then every later payload, in order.
+   */
+  add(socket: ClientSocket): void {
+    if (this.#clients.has(socket)) return;
+    const client: Client = { socket, pending: null, behindSince: -1 };
+    this.#clients.set(socket, client);
+    if (this.#latest !== null) this.#deliver(client, this.#latest);
+  }
+
+  /** Removes a socket; safe to call any number of times. */
+  remove(socket: ClientSocket, reason: RemovalReason = "closed"): boolean {
+    const client = this.#clients.get(socket);
+    if (client === undefined) return false;
+    this.#clients.delete(socket);
+    this.#behind.delete(client);
+    this.#removedFor.set(socket, reason);
+    this.#stopDrainTimerIfIdle();
+    return true;
+  }
+
+  /** Why the socket was removed, or undefined if it is still here or never was. */
+  removalReason(socket: ClientSocket): RemovalReason | undefined {
+    return this.#removedFor.get(socket);
+  }
+
+  /**
+   * Caches the payload and sends it to every open client (conflating clients that are behind).
+   * `byteLength` is the payload's UTF-8 size, for the delivered-bytes count.
+   */
+  broadcast(payload: string, byteLength = payload.length): void {
+    this.#latest = payload;
+    let delivered = 0;
+    for (const client of this.#clients.values()) {
+      if (this.#deliver(client, payload)) delivered++;
+    }
+    if (delivered > 0) this.#events.delivered?.(delivered, delivered * byteLength);
+  }
+
+  /** Closes every client with `code` and forgets them. */
+  closeAll(code: number, reason: string): void {
+    for (const client of [...this.#clients.values()]) {
+      this.remove(client.socket, "shutdown");
+      try {
+        client.socket.close(code, reason);
+      } catch {
+        // Already closing: nothing left to tell this client.
+      }
+    }
+    this.#stopDrainTimerIfIdle();
+  }
+
+  /** Sends if the client has room; otherwise keeps only the newest payload for it. */
+  #deliver(client: Client, payload: string): boolean {
+    const socket = client.socket;
+    if (socket.readyState !== OPEN) {
+      this.remove(socket, "closed");
+      return false;
+    }
+    const queued = socket.bufferedAmount;
+    if (queued > 0 && queued + payload.length > this.#options.clientBufferBytes) {
+      if (client.pending !== null) this.#events.conflated?.();
+      client.pending = payload;
+      if (client.behindSince < 0) client.behindSince = this.#options.now();
+      this.#behind.add(client);
+      if (this.#options.slowClientTimeoutMs === 0) {
+        this.#closeSlow(client);
+      } else {
+        this.#startDrainTimer();
+      }
+      return false;
+    }
+    return this.#send(client, payload);
+  }
+
+  #send(client: Client, payload: string): boolean {
+    try {
+      client.socket.send(payload);
+      return true;
+    } catch (err) {
+      this.#events.sendFailed?.(err);
+      this.remove(client.socket, "send_error");
+      return false;
+    }
+  }
+
+  #closeSlow(client: Client): void {
+    this.remove(client.socket, "slow_consumer");
+    this.#events.slowClientClosed?.();
+    try {
+      client.socket.close(CloseCode.slowConsumer, "slow consumer");
+    } catch {
+      // The socket is already closing; it is removed either way.
+    }
+  }
+
+  /** Sends the newest payload to each client that has room again; closes those stuck too long. */
+  #drainBehind(): void {
+    const now = this.#options.now();
+    for (const client of [...this.#behind]) {
+      const socket = client.socket;
+      if (socket.readyState !== OPEN) {
+        this.remove(socket, "closed");
+        continue;
+      }
+      const payload = client.pending!;
+      const queued = socket.bufferedAmount;
+      if (queued === 0 || queued + payload.length <= this.#options.clientBufferBytes) {
+        this.#behind.delete(client);
+        client.pending = null;
+        client.behindSince = -1;
+        if (this.#send(client, payload)) this.#events.delivered?.(1, payload.length);
+      } else if (now - client.behindSince >= this.#options.slowClientTimeoutMs) {
+        this.#closeSlow(client);
+      }
+    }
+    this.#stopDrainTimerIfIdle();
+  }
+
+  #startDrainTimer(): void {
+    if (this.#drainTimer !== undefined) return;
+    this.#drainTimer = setInterval(() => this.#drainBehind(), this.#options.drainCheckMs);
+  }
+
+  #stopDrainTimerIfIdle(): void {
+    if (this.#drainTimer === undefined || this.#behind.size > 0) return;
+    clearInterval(this.#drainTimer);
+    this.#drainTimer = undefined;
+  }
+}

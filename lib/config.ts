@@ -1,0 +1,297 @@
+/**
+ * Gateway configuration: parsed once from the environment, validated, frozen.
+ * Every default is documented here and nowhere else (README repeats the table).
+ */
+
+/** Raised when a variable holds a value the gateway cannot use. */
+export class ConfigError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "ConfigError";
+  }
+}
+
+export type LogLevel = "debug" | "info" | "warn" | "error";
+
+export interface Config {
+  /** NATS_URL as given (shown by /health). Default `nats://localhost:4222`. */
+  readonly natsUrl: string;
+  /** NATS_URL split on commas; each entry is `nats://host:port`, `tls://host:port` or `host:port`. */
+  readonly natsServers: readonly string[];
+  /** GATEWAY_HOST: listen address. Default `0.0.0.0`. */
+  readonly host: string;
+  /** GATEWAY_PORT, else PORT: listen port. Default 8000; 0 picks a free port. */
+  readonly port: number;
+  /** GATEWAY_SUBJECT: subject relayed to /ws/stream. Default `levels.signals`. */
+  readonly subject: string;
+  /** GATEWAY_STREAM: JetStream stream holding the subject. Default `LEVEL_SIGNALS`. */
+  readonly stream: string;
+  /**
+   * GATEWAY_DURABLE: durable consumer name. Default empty: each instance uses its own
+   * ordered consumer starting at the latest message (see README "Consumer design").
+   */
+  readonly durableName: string;
+  /** GATEWAY_MAX_PAYLOAD_BYTES: larger NATS payloads are skipped. Default 1 MiB. */
+  readonly maxPayloadBytes: number;
+  /**
+   * GATEWAY_CLIENT_BUFFER_BYTES: bytes a client may have queued before the gateway stops
+   * sending to it and conflates (keeps only the newest snapshot for it). Default 256 KiB.
+   */
+  readonly clientBufferBytes: number;
+  /**
+   * GATEWAY_SLOW_CLIENT_TIMEOUT_MS: a client that stays over its buffer bound this long is
+   * closed with 4008 "slow consumer". Default 10000. 0 closes at once when over the bound.
+   */
+  readonly slowClientTimeoutMs: number;
+  /** GATEWAY_MAX_CONNECTIONS: past it, upgrades get HTTP 503. Default 10000; 0 means no limit. */
+  readonly maxConnections: number;
+  /**
+   * GATEWAY_IDLE_TIMEOUT_S: the server pings each client this often and closes one that does
+   * not answer with a pong in time (half-open connections). Default 30; 0 disables pings.
+   */
+  readonly idleTimeoutSeconds: number;
+  /** GATEWAY_CLIENT_MAX_FRAME_BYTES: larger client frames close the socket with 1009. Default 4096. */
+  readonly clientMaxFrameBytes: number;
+  /** GATEWAY_CLIENT_MAX_FRAMES_PER_S: more client frames in one second close with 1008. Default 20. */
+  readonly clientMaxFramesPerSecond: number;
+  /** GATEWAY_NATS_CONNECT_TIMEOUT_MS: how long startup keeps trying to reach NATS. Default 10000. */
+  readonly natsConnectTimeoutMs: number;
+  /**
+   * GATEWAY_NATS_MAX_OUTAGE_MS: a NATS outage longer than this exits the process (code 1) so a
+   * supervisor restarts it. Default 120000; 0 means wait forever.
+   */
+  readonly natsMaxOutageMs: number;
+  /** GATEWAY_SHUTDOWN_TIMEOUT_MS: bound on a graceful shutdown. Default 5000. */
+  readonly shutdownTimeoutMs: number;
+  /** GATEWAY_LOG_LEVEL (or LOG_LEVEL): debug, info, warn or error. Default info. */
+  readonly logLevel: LogLevel;
+}
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+const LOG_LEVELS: readonly LogLevel[] = ["debug", "info", "warn", "error"];
+const SUBJECT_PATTERN = /^[^\s*>]+$/;
+const NAME_PATTERN = /^[A-Za-z0-9_-]+$/;
+
+/** Every variable the gateway reads; the runtime permission flags list the same names. */
+export const ENV_VARIABLES = [
+  "NATS_URL",
+  "GATEWAY_HOST",
+  "GATEWAY_PORT",
+  "PORT",
+  "GATEWAY_SUBJECT",
+  "GATEWAY_STREAM",
+  "GATEWAY_DURABLE",
+  "GATEWAY_MAX_PAYLOAD_BYTES",
+  "GATEWAY_CLIENT_BUFFER_BYTES",
+  "GATEWAY_SLOW_CLIENT_TIMEOUT_MS",
+  "GATEWAY_MAX_CONNECTIONS",
+  "GATEWAY_IDLE_TIMEOUT_S",
+  "GATEWAY_CLIENT_MAX_FRAME_BYTES",
+  "GATEWAY_CLIENT_MAX_FRAMES_PER_S",
+  "GATEWAY_NATS_CONNECT_TIMEOUT_MS",
+  "GATEWAY_NATS_MAX_OUTAGE_MS",
+  "GATEWAY_SHUTDOWN_TIMEOUT_MS",
+  "GATEWAY_LOG_LEVEL",
+  "LOG_LEVEL",
+  "GATEWAY_ENV_FILE",
+] as const;
+
+function readInteger(
+  env: Env,
+  name: string,
+  fallback: number,
+  min: number,
+  max = Number.MAX_SAFE_INTEGER,
+): number {
+  const raw = env[name];
+  if (raw === undefined || raw.trim() === "") return fallback;
+  if (!/^\s*-?\d+\s*$/.test(raw)) {
+    throw new ConfigError(
+      `Cannot parse ${name} as an integer: current value is "${raw}"`,
+    );
+  }
+  const value = Number(raw.trim());
+  if (value < min || value > max) {
+    throw new ConfigError(
+      `${name} must be between ${min} and ${max}: current value is "${raw}"`,
+    );
+  }
+  return value;
+}
+
+function readMatching(
+  env: Env,
+  name: string,
+  fallback: string,
+  pattern: RegExp,
+  what: string,
+): string {
+  const raw = env[name];
+  if (raw === undefined || raw.trim() === "") return fallback;
+  const value = raw.trim();
+  if (!pattern.test(value)) {
+    throw new ConfigError(
+      `${name} must be ${what}: current value is "${raw}"`,
+    );
+  }
+  return value;
+}
+
+function parseNatsServers(raw: string): string[] {
+  const servers = raw.split(",").map((s) => s.trim());
+  for (const server of servers) {
+    const withScheme = server.includes("://") ? server : `nats://${server}`;
+    let url: URL | undefined;
+    try {
+      url = new URL(withScheme);
+    } catch {
+      url = undefined;
+    }
+    if (
+      server === "" || url === undefined || url.hostname === "" ||
+      !["nats:", "tls:"].includes(url.protocol) ||
+      (url.pathname !== "" && url.pathname !== "/")
+    ) {
+      throw new ConfigError(
+        `Cannot parse NATS_URL as a comma-separated list of nats://host:port servers: current value is "${raw}"`,
+      );
+    }
+  }
+  return servers;
+}
+
+function parseHost(env: Env): string {
+  const raw = env.GATEWAY_HOST;
+  if (raw === undefined || raw.trim() === "") return "0.0.0.0";
+  const host = raw.trim();
+  const bracketed = host.includes(":") ? `[${host}]` : host;
+  let valid = false;
+  try {
+    valid = new URL(`http://${bracketed}:1/`).hostname !== "";
+  } catch {
+    valid = false;
+  }
+  if (!valid) {
+    throw new ConfigError(
+      `GATEWAY_HOST must be a host name or IP address: current value is "${raw}"`,
+    );
+  }
+  return host;
+}
+
+/** Parses and validates the gateway's configuration; throws ConfigError naming the bad variable. */
+export function parseConfig(env: Env): Config {
+  const natsUrl = env.NATS_URL?.trim() || "nats://localhost:4222";
+  const portName = env.GATEWAY_PORT?.trim() ? "GATEWAY_PORT" : "PORT";
+  const logLevelName = env.GATEWAY_LOG_LEVEL?.trim() ? "GATEWAY_LOG_LEVEL" : "LOG_LEVEL";
+  const logLevelRaw = env[logLevelName]?.trim().toLowerCase() || "info";
+  if (!LOG_LEVELS.includes(logLevelRaw as LogLevel)) {
+    throw new ConfigError(
+      `${logLevelName} must be one of ${LOG_LEVELS.join(", ")}: current value is "${
+        env[logLevelName]
+      }"`,
+    );
+  }
+  return Object.freeze({
+    natsUrl,
+    natsServers: Object.freeze(parseNatsServers(natsUrl)),
+    host: parseHost(env),
+    port: readInteger(env, portName, 8000, 0, 65535),
+    subject: readMatching(
+      env,
+      "GATEWAY_SUBJECT",
+      "levels.signals",
+      SUBJECT_PATTERN,
+      "a NATS subject without wildcards",
+    ),
+    stream: readMatching(
+      env,
+      "GATEWAY_STREAM",
+      "LEVEL_SIGNALS",
+      NAME_PATTERN,
+      "a stream name (letters, digits, _ and -)",
+    ),
+    durableName: readMatching(
+      env,
+      "GATEWAY_DURABLE",
+      "",
+      NAME_PATTERN,
+      "a consumer name (letters, digits, _ and -)",
+    ),
+    maxPayloadBytes: readInteger(
+      env,
+      "GATEWAY_MAX_PAYLOAD_BYTES",
+      1024 * 1024,
+      1,
+      64 * 1024 * 1024,
+    ),
+    clientBufferBytes: readInteger(
+      env,
+      "GATEWAY_CLIENT_BUFFER_BYTES",
+      256 * 1024,
+      1,
+    ),
+    slowClientTimeoutMs: readInteger(
+      env,
+      "GATEWAY_SLOW_CLIENT_TIMEOUT_MS",
+      10_000,
+      0,
+    ),
+    maxConnections: readInteger(env, "GATEWAY_MAX_CONNECTIONS", 10_000, 0),
+    idleTimeoutSeconds: readInteger(env, "GATEWAY_IDLE_TIMEOUT_S", 30, 0, 3600),
+    clientMaxFrameBytes: readInteger(
+      env,
+      "GATEWAY_CLIENT_MAX_FRAME_BYTES",
+      4096,
+      16,
+    ),
+    clientMaxFramesPerSecond: readInteger(
+      env,
+      "GATEWAY_CLIENT_MAX_FRAMES_PER_S",
+      20,
+      1,
+    ),
+    natsConnectTimeoutMs: readInteger(
+      env,
+      "GATEWAY_NATS_CONNECT_TIMEOUT_MS",
+      10_000,
+      100,
+    ),
+    natsMaxOutageMs: readInteger(env, "GATEWAY_NATS_MAX_OUTAGE_MS", 120_000, 0),
+    shutdownTimeoutMs: readInteger(
+      env,
+      "GATEWAY_SHUTDOWN_TIMEOUT_MS",
+      5_000,
+      100,
+    ),
+    logLevel: logLevelRaw as LogLevel,
+  });
+}
+
+/**
+ * Parses a dotenv file (KEY=value lines, `#` comments, optional quotes, optional `export `).
+ * Returns the pairs; the caller decides precedence (the real environment wins).
+ */
+export function parseEnvFile(text: string, path: string): Record<string, string> {
+  const result: Record<string, string> = {};
+  const lines = text.split(/\r?\n/);
+  lines.forEach((line, index) => {
+    const trimmed = line.trim();
+    if (trimmed === "" || trimmed.startsWith("#")) return;
+    const match = /^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$/.exec(
+      trimmed,
+    );
+    if (!match) {
+      throw new ConfigError(
+        `Cannot parse line ${index + 1} of env file ${path}: current value is "${line}"`,
+      );
+    }
+    let value = match[2];
+    const quoted = /^(['"])(.*)\1$/.exec(value);
+    if (quoted) value = quoted[2];
+    else value = value.replace(/\s+#.*$/, "");
+    result[match[1]] = value;
+  });
+  return result;
+}

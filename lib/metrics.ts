@@ -1,0 +1,176 @@
+/** Counters and gauges with Prometheus text exposition (format 0.0.4). */
+
+type Labels = Record<string, string>;
+
+function labelKey(labels: Labels | undefined): string {
+  if (!labels) return "";
+  const parts = Object.keys(labels).sort().map((k) =>
+    `${k}="${labels[k].replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n")}"`
+  );
+  return parts.length ? `{${parts.join(",")}}` : "";
+}
+
+function formatValue(value: number): string {
+  if (Number.isNaN(value)) return "NaN";
+  if (value === Infinity) return "+Inf";
+  if (value === -Infinity) return "-Inf";
+  return String(value);
+}
+
+abstract class Metric {
+  protected readonly values = new Map<string, number>();
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    readonly type: "counter" | "gauge",
+  ) {}
+
+  get(labels?: Labels): number {
+    return this.values.get(labelKey(labels)) ?? 0;
+  }
+
+  render(): string {
+    const lines = [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} ${this.type}`];
+    for (const [key, value] of this.values) {
+      lines.push(`${this.name}${key} ${formatValue(value)}`);
+    }
+    return lines.join("\n");
+  }
+}
+
+export class Counter extends Metric {
+  constructor(name: string, help: string, initialLabels: Labels[] = [{}]) {
+    super(name, help, "counter");
+    for (const labels of initialLabels) this.values.set(labelKey(labels), 0);
+  }
+  inc(labels?: Labels, by = 1): void {
+    const key = labelKey(labels);
+    this.values.set(key, (this.values.get(key) ?? 0) + by);
+  }
+}
+
+export class Gauge extends Metric {
+  constructor(name: string, help: string, private readonly collect?: () => number) {
+    super(name, help, "gauge");
+    this.values.set("", 0);
+  }
+  set(value: number, labels?: Labels): void {
+    this.values.set(labelKey(labels), value);
+  }
+  override get(labels?: Labels): number {
+    if (this.collect && !labels) return this.collect();
+    return super.get(labels);
+  }
+  override render(): string {
+    if (this.collect) this.values.set("", this.collect());
+    return super.render();
+  }
+}
+
+const CLOSE_REASONS = [
+  "client",
+  "slow_consumer",
+  "send_error",
+  "idle_timeout",
+  "protocol",
+  "shutdown",
+];
+const INVALID_REASONS = ["empty", "too_large", "invalid_utf8", "invalid_json", "not_object"];
+
+/** The gateway's metrics, named namespace_subsystem_name. */
+export class GatewayMetrics {
+  readonly connections: Gauge;
+  readonly connectionsOpened = new Counter(
+    "gateway_ws_connections_opened_total",
+    "WebSocket clients accepted.",
+  );
+  readonly connectionsRejected = new Counter(
+    "gateway_ws_connections_rejected_total",
+    "WebSocket upgrades refused, by reason.",
+    [{ reason: "limit" }, { reason: "bad_request" }],
+  );
+  readonly connectionsClosed = new Counter(
+    "gateway_ws_connections_closed_total",
+    "WebSocket clients gone, by reason.",
+    CLOSE_REASONS.map((reason) => ({ reason })),
+  );
+  readonly messagesReceived = new Counter(
+    "gateway_nats_messages_received_total",
+    "Messages received from the JetStream consumer.",
+  );
+  readonly messagesRelayed = new Counter(
+    "gateway_messages_relayed_total",
+    "Valid messages accepted for fan-out (one per NATS message, not per client).",
+  );
+  readonly messagesSkipped = new Counter(
+    "gateway_nats_messages_skipped_total",
+    "Messages not relayed although valid: superseded while catching up, or duplicates.",
+    [{ reason: "superseded" }, { reason: "duplicate" }],
+  );
+  readonly invalidPayloads = new Counter(
+    "gateway_invalid_payloads_total",
+    "NATS payloads skipped as invalid, by reason.",
+    INVALID_REASONS.map((reason) => ({ reason })),
+  );
+  readonly deliveries = new Counter(
+    "gateway_ws_messages_sent_total",
+    "Frames handed to WebSocket clients (one per client per message).",
+  );
+  readonly bytesSent = new Counter(
+    "gateway_ws_sent_bytes_total",
+    "Payload bytes handed to WebSocket clients.",
+  );
+  readonly sendErrors = new Counter(
+    "gateway_ws_send_errors_total",
+    "Sends that threw; the client is removed.",
+  );
+  readonly conflations = new Counter(
+    "gateway_slow_client_conflations_total",
+    "Snapshots not sent to a client because it was behind (a newer one replaces them).",
+  );
+  readonly slowDisconnects = new Counter(
+    "gateway_slow_client_disconnects_total",
+    "Clients closed with 4008 for staying behind too long.",
+  );
+  readonly clientFramesIgnored = new Counter(
+    "gateway_ws_client_frames_total",
+    "Frames received from clients (ignored unless a ping).",
+  );
+  readonly natsConnected = new Gauge(
+    "gateway_nats_connected",
+    "1 while connected to NATS, else 0.",
+  );
+  readonly natsReconnects = new Counter(
+    "gateway_nats_reconnects_total",
+    "Reconnections to NATS after a disconnect.",
+  );
+  readonly consumerRestarts = new Counter(
+    "gateway_nats_consumer_restarts_total",
+    "Times the JetStream consumer was recreated (deleted consumer, recreated stream, errors).",
+  );
+  readonly lastMessageTimestamp = new Gauge(
+    "gateway_last_message_timestamp_seconds",
+    "Unix time of the last relayed message (0 before the first).",
+  );
+  readonly consumerPending = new Gauge(
+    "gateway_nats_consumer_pending_messages",
+    "Messages in the stream not yet delivered to this gateway's consumer (lag).",
+  );
+  readonly startTime = new Gauge(
+    "gateway_process_start_time_seconds",
+    "Unix time the gateway started.",
+  );
+
+  constructor(connectionCount: () => number) {
+    this.connections = new Gauge(
+      "gateway_ws_connections",
+      "WebSocket clients connected now.",
+      connectionCount,
+    );
+  }
+
+  render(): string {
+    const metrics = Object.values(this).filter((m): m is Metric => m instanceof Metric);
+    return metrics.map((m) => m.render()).join("\n") + "\n";
+  }
+}

@@ -1,0 +1,210 @@
+/**
+ * HTTP routes: `/health`, `/livez`, `/readyz`, `/metrics` and the `/ws/stream` upgrade.
+ * `createHandler` returns a plain `(Request) => Response`, so tests call it in-process.
+ */
+import { type Broadcaster, type ClientSocket, CloseCode } from "./broadcaster.ts";
+import type { Logger } from "./log.ts";
+import { rateLimited } from "./log.ts";
+import type { GatewayMetrics } from "./metrics.ts";
+
+export interface HealthReport {
+  readonly service: "gateway";
+  readonly status: "healthy" | "unhealthy";
+  readonly version: string;
+  readonly nats_url: string;
+  readonly nats_connected: boolean;
+  readonly connections: number;
+  readonly last_message_ts: number | null;
+  readonly messages_relayed: number;
+  readonly consumer_lag: number | null;
+  readonly uptime_s: number;
+}
+
+/** The socket the server needs from an upgrade: a ClientSocket that also emits events. */
+export type UpgradedSocket = ClientSocket & EventTarget;
+
+export type Upgrade = (
+  request: Request,
+  options: { idleTimeout: number },
+) => { socket: UpgradedSocket; response: Response };
+
+export interface HandlerDeps {
+  readonly broadcaster: Broadcaster;
+  readonly metrics: GatewayMetrics;
+  readonly logger: Logger;
+  readonly health: () => HealthReport;
+  /** Past this many clients (open or opening) upgrades get 503. 0: no limit. */
+  readonly maxConnections: number;
+  /** Seconds between server pings; 0 disables them. */
+  readonly idleTimeoutSeconds: number;
+  readonly clientMaxFrameBytes: number;
+  readonly clientMaxFramesPerSecond: number;
+  /** Defaults to Deno.upgradeWebSocket. */
+  readonly upgrade?: Upgrade;
+  readonly now?: () => number;
+}
+
+const CORS = { "access-control-allow-origin": "*" } as const;
+const PONG = '{"type":"pong"}';
+/** Deno's reason when a client does not answer a ping within idleTimeout. */
+const IDLE_TIMEOUT_REASON = "No response from ping frame.";
+
+function json(body: unknown, status = 200, headers: HeadersInit = {}): Response {
+  return new Response(JSON.stringify(body), {
+    status,
+    headers: { ...CORS, "content-type": "application/json", ...headers },
+  });
+}
+
+function text(body: string, status: number, headers: HeadersInit = {}): Response {
+  return new Response(body, {
+    status,
+    headers: { ...CORS, "content-type": "text/plain; charset=utf-8", ...headers },
+  });
+}
+
+export function createHandler(deps: HandlerDeps): (request: Request) => Response {
+  const upgrade: Upgrade = deps.upgrade ?? Deno.upgradeWebSocket;
+  const now = deps.now ?? Date.now;
+  const logBadUpgrade = rateLimited(deps.logger.warn, 10_000);
+  let opening = 0;
+
+  function readOnly(request: Request, respond: () => Response): Response {
+    if (request.method === "OPTIONS") {
+      return new Response(null, {
+        status: 204,
+        headers: { ...CORS, "access-control-allow-methods": "GET, HEAD, OPTIONS" },
+      });
+    }
+    if (request.method !== "GET" && request.method !== "HEAD") {
+      return text("method not allowed\n", 405, { allow: "GET, HEAD, OPTIONS" });
+    }
+    return respond();
+  }
+
+  function stream(request: Request): Response {
+    if (request.method !== "GET") {
+      return text("method not allowed\n", 405, { allow: "GET" });
+    }
+    const limit = deps.maxConnections;
+    if (limit > 0 && deps.broadcaster.size + opening >= limit) {
+      deps.metrics.connectionsRejected.inc({ reason: "limit" });
+      return text("connection limit reached\n", 503, { "retry-after": "5" });
+    }
+    let upgraded: ReturnType<Upgrade>;
+    try {
+      upgraded = upgrade(request, { idleTimeout: deps.idleTimeoutSeconds });
+    } catch (err) {
+      deps.metrics.connectionsRejected.inc({ reason: "bad_request" });
+      logBadUpgrade("bad websocket upgrade request", { error: err });
+      return text("expected a WebSocket upgrade request\n", 400);
+    }
+    opening++;
+    attach(upgraded.socket);
+    return upgraded.response;
+  }
+
+  function attach(socket: UpgradedSocket): void {
+    let opened = false;
+    let windowStart = now();
+    let framesInWindow = 0;
+    let closedBy: "protocol" | "idle_timeout" | null = null;
+
+    const closeFor = (code: number, reason: string) => {
+      closedBy = "protocol";
+      deps.broadcaster.remove(socket, "closed");
+      try {
+        socket.close(code, reason);
+      } catch {
+        // Already closing.
+      }
+    };
+
+    socket.addEventListener("open", () => {
+      opening--;
+      opened = true;
+      deps.metrics.connectionsOpened.inc();
+      deps.broadcaster.add(socket);
+    });
+    socket.addEventListener("message", (event) => {
+      const data = (event as MessageEvent).data;
+      deps.metrics.clientFramesIgnored.inc();
+      const t = now();
+      if (t - windowStart >= 1000) {
+        windowStart = t;
+        framesInWindow = 0;
+      }
+      if (++framesInWindow > deps.clientMaxFramesPerSecond) {
+        return closeFor(CloseCode.policyViolation, "too many frames");
+      }
+      if (typeof data !== "string") {
+        return closeFor(CloseCode.unsupportedData, "binary frames are not accepted");
+      }
+      if (data.length > deps.clientMaxFrameBytes) {
+        return closeFor(CloseCode.messageTooBig, "frame too big");
+      }
+      if (isPing(data) && socket.readyState === 1 && socket.bufferedAmount === 0) {
+        socket.send(PONG);
+      }
+    });
+    socket.addEventListener("close", (event) => {
+      if (!opened) {
+        opening--;
+        return;
+      }
+      if ((event as CloseEvent).reason === IDLE_TIMEOUT_REASON) closedBy = "idle_timeout";
+      deps.broadcaster.remove(socket, "closed");
+      const removedFor = deps.broadcaster.removalReason(socket);
+      const reason = closedBy ??
+        (removedFor === undefined || removedFor === "closed" ? "client" : removedFor);
+      deps.metrics.connectionsClosed.inc({ reason });
+    });
+    socket.addEventListener("error", () => {
+      // A close event follows; it does the bookkeeping.
+    });
+  }
+
+  return (request: Request): Response => {
+    const path = new URL(request.url).pathname;
+    switch (path) {
+      case "/ws/stream":
+        return stream(request);
+      case "/health": {
+        return readOnly(request, () => {
+          const report = deps.health();
+          return json(report, report.status === "healthy" ? 200 : 503);
+        });
+      }
+      case "/livez":
+        return readOnly(request, () => json({ status: "alive" }));
+      case "/readyz":
+        return readOnly(request, () => {
+          const report = deps.health();
+          return json(
+            { status: report.status === "healthy" ? "ready" : "not ready" },
+            report.status === "healthy" ? 200 : 503,
+          );
+        });
+      case "/metrics":
+        return readOnly(
+          request,
+          () =>
+            text(deps.metrics.render(), 200, {
+              "content-type": "text/plain; version=0.0.4; charset=utf-8",
+            }),
+        );
+      default:
+        return text("not found\n", 404);
+    }
+  };
+}
+
+function isPing(data: string): boolean {
+  if (data.length > 64 || !data.includes("ping")) return false;
+  try {
+    const parsed = JSON.parse(data);
+    return parsed !== null && typeof parsed === "object" && parsed.type === "ping";
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,29 @@
+/**
+ * `deno task compile`: builds dist/gateway with `deno compile`, with exactly the permissions of
+ * deno.json's `gateway` set, widened by GATEWAY_NATS_HOSTS / GATEWAY_LISTEN_HOSTS when given.
+ * Deno downloads its runtime base binary (denort) on first use; where that cannot be
+ * downloaded, point DENORT_BIN at a local copy. GATEWAY_COMPILE_TARGET cross-compiles.
+ */
+import { parseHostList, permissionFlags, readPermissionSet } from "./permissions.ts";
+
+export async function compileArgs(env: Record<string, string | undefined>): Promise<string[]> {
+  const set = await readPermissionSet();
+  const flags = permissionFlags(set, {
+    natsHosts: parseHostList("GATEWAY_NATS_HOSTS", env.GATEWAY_NATS_HOSTS),
+    listenHosts: parseHostList("GATEWAY_LISTEN_HOSTS", env.GATEWAY_LISTEN_HOSTS),
+  });
+  const output = env.GATEWAY_COMPILE_OUTPUT || "dist/gateway";
+  const target = env.GATEWAY_COMPILE_TARGET ? ["--target", env.GATEWAY_COMPILE_TARGET] : [];
+  return ["compile", "--no-prompt", ...flags, ...target, "--output", output, "main.ts"];
+}
+
+if (import.meta.main) {
+  const env = Deno.env.toObject();
+  const args = await compileArgs(env);
+  const root = new URL("..", import.meta.url).pathname;
+  console.error(`deno ${args.join(" ")}`);
+  const denort = env.DENORT_BIN;
+  if (denort) console.error(`using DENORT_BIN=${denort}`);
+  const { code } = await new Deno.Command(Deno.execPath(), { args, cwd: root }).spawn().status;
+  Deno.exit(code);
+}

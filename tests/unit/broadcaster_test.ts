@@ -1,0 +1,161 @@
+import assert from "node:assert/strict";
+import { Broadcaster, CloseCode } from "../../lib/broadcaster.ts";
+import { FakeSocket } from "../helpers/fake_socket.ts";
+
+function broadcaster(overrides: Partial<ConstructorParameters<typeof Broadcaster>[0]> = {}) {
+  let now = 0;
+  const counts = { delivered: 0, bytes: 0, conflated: 0, slowClosed: 0, sendFailed: 0 };
+  const b = new Broadcaster(
+    {
+      clientBufferBytes: 100,
+      slowClientTimeoutMs: 1000,
+      drainCheckMs: 1,
+      now: () => now,
+      ...overrides,
+    },
+    {
+      delivered: (n, bytes) => {
+        counts.delivered += n;
+        counts.bytes += bytes;
+      },
+      conflated: () => counts.conflated++,
+      slowClientClosed: () => counts.slowClosed++,
+      sendFailed: () => counts.sendFailed++,
+    },
+  );
+  return { b, counts, advance: (ms: number) => (now += ms) };
+}
+
+Deno.test("broadcast sends the same payload to every client, in order", () => {
+  const { b, counts } = broadcaster();
+  const sockets = [new FakeSocket(), new FakeSocket(), new FakeSocket()];
+  sockets.forEach((s) => b.add(s));
+  b.broadcast('{"a":1}');
+  b.broadcast('{"a":2}');
+  for (const s of sockets) assert.deepEqual(s.sent, ['{"a":1}', '{"a":2}']);
+  assert.equal(counts.delivered, 6);
+  assert.equal(counts.bytes, 6 * 7);
+});
+
+Deno.test("a send that throws removes only that client", () => {
+  const { b, counts } = broadcaster();
+  const good = new FakeSocket();
+  const bad = new FakeSocket();
+  b.add(good);
+  b.add(bad);
+  bad.failWith = new Error("broken pipe");
+  b.broadcast("{}");
+  assert.equal(b.size, 1);
+  assert.equal(counts.sendFailed, 1);
+  assert.equal(b.removalReason(bad), "send_error");
+  b.broadcast('{"b":1}');
+  assert.deepEqual(good.sent, ["{}", '{"b":1}']);
+});
+
+Deno.test("a closed socket is dropped at the next broadcast", () => {
+  const { b } = broadcaster();
+  const gone = new FakeSocket();
+  b.add(gone);
+  gone.readyState = 3;
+  b.broadcast("{}");
+  assert.equal(b.size, 0);
+  assert.deepEqual(gone.sent, []);
+});
+
+Deno.test("a new client receives the cached latest payload first", () => {
+  const { b } = broadcaster();
+  const early = new FakeSocket();
+  b.add(early);
+  b.broadcast('{"n":1}');
+  b.broadcast('{"n":2}');
+  const late = new FakeSocket();
+  b.add(late);
+  b.broadcast('{"n":3}');
+  assert.deepEqual(late.sent, ['{"n":2}', '{"n":3}']);
+  assert.equal(b.latest, '{"n":3}');
+});
+
+Deno.test("a client added before any message gets nothing until the first", () => {
+  const { b } = broadcaster();
+  const s = new FakeSocket();
+  b.add(s);
+  assert.deepEqual(s.sent, []);
+  b.seed('{"seeded":true}');
+  const next = new FakeSocket();
+  b.add(next);
+  assert.deepEqual(next.sent, ['{"seeded":true}']);
+  assert.deepEqual(s.sent, [], "seeding never sends to connected clients");
+});
+
+Deno.test("remove is idempotent and adding twice keeps one entry", () => {
+  const { b } = broadcaster();
+  const s = new FakeSocket();
+  b.add(s);
+  b.add(s);
+  assert.equal(b.size, 1);
+  assert.equal(b.remove(s), true);
+  assert.equal(b.remove(s), false);
+  assert.equal(b.size, 0);
+  b.broadcast("{}");
+  assert.deepEqual(s.sent, []);
+});
+
+Deno.test("a client over its buffer bound is conflated to the newest payload", async () => {
+  const { b, counts } = broadcaster({ clientBufferBytes: 25 });
+  const slow = new FakeSocket();
+  const fast = new FakeSocket();
+  b.add(slow);
+  b.add(fast);
+  slow.stalled = true;
+  for (let i = 0; i < 10; i++) b.broadcast(`{"n":${i},"pad":"xxxx"}`);
+  // One frame goes out (the queue was empty); the rest wait, superseded by each newer one.
+  assert.equal(slow.sent.length, 1);
+  assert.ok(slow.bufferedAmount <= 25 + 20);
+  assert.equal(fast.sent.length, 10);
+  assert.equal(counts.conflated, 8);
+  slow.drain();
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  assert.deepEqual(slow.sent, ['{"n":0,"pad":"xxxx"}', '{"n":9,"pad":"xxxx"}']);
+  b.broadcast('{"n":10}');
+  assert.equal(slow.sent.at(-1), '{"n":10}');
+  b.closeAll(CloseCode.goingAway, "test done");
+});
+
+Deno.test("a client stuck past the slow timeout is closed with 4008", async () => {
+  const { b, counts, advance } = broadcaster({ clientBufferBytes: 10, slowClientTimeoutMs: 500 });
+  const slow = new FakeSocket();
+  b.add(slow);
+  slow.stalled = true;
+  b.broadcast('{"n":"first"}');
+  b.broadcast('{"n":"second"}');
+  assert.equal(b.size, 1);
+  advance(600);
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  assert.equal(b.size, 0);
+  assert.deepEqual(slow.closedWith, { code: 4008, reason: "slow consumer" });
+  assert.equal(counts.slowClosed, 1);
+  assert.equal(b.removalReason(slow), "slow_consumer");
+});
+
+Deno.test("with a zero slow timeout a client over its bound is closed at once", () => {
+  const { b } = broadcaster({ clientBufferBytes: 10, slowClientTimeoutMs: 0 });
+  const slow = new FakeSocket();
+  b.add(slow);
+  slow.stalled = true;
+  b.broadcast('{"n":"first"}');
+  b.broadcast('{"n":"second"}');
+  assert.equal(slow.closedWith?.code, 4008);
+  assert.equal(b.size, 0);
+});
+
+Deno.test("closeAll closes every client with the given code", () => {
+  const { b } = broadcaster();
+  const sockets = [new FakeSocket(), new FakeSocket()];
+  sockets.forEach((s) => b.add(s));
+  b.closeAll(1001, "bye");
+  for (const s of sockets) {
+    assert.deepEqual(s.closedWith, { code: 1001, reason: "bye" });
+    assert.equal(b.removalReason(s), "shutdown");
+  }
+  assert.equal(b.size, 0);
+});

@@ -1,0 +1,162 @@
+import assert from "node:assert/strict";
+import { Broadcaster } from "../../lib/broadcaster.ts";
+import { GatewayMetrics } from "../../lib/metrics.ts";
+import { createHandler, type HealthReport, type Upgrade } from "../../lib/server.ts";
+import { FakeSocket } from "../helpers/fake_socket.ts";
+import { recordingLogger } from "../helpers/fixtures.ts";
+
+function setup(overrides: { healthy?: boolean; maxConnections?: number } = {}) {
+  const broadcaster = new Broadcaster({ clientBufferBytes: 1000, slowClientTimeoutMs: 1000 });
+  const metrics = new GatewayMetrics(() => broadcaster.size);
+  const sockets: FakeSocket[] = [];
+  let now = 0;
+  const upgrade: Upgrade = (request) => {
+    if (request.headers.get("upgrade")?.toLowerCase() !== "websocket") {
+      throw new TypeError("Invalid Header: 'upgrade' header must contain 'websocket'");
+    }
+    const socket = new FakeSocket();
+    sockets.push(socket);
+    return { socket, response: new Response(null, { status: 200 }) };
+  };
+  const health = (): HealthReport => ({
+    service: "gateway",
+    status: overrides.healthy === false ? "unhealthy" : "healthy",
+    version: "test",
+    nats_url: "nats://localhost:4222",
+    nats_connected: overrides.healthy !== false,
+    connections: broadcaster.size,
+    last_message_ts: null,
+    messages_relayed: 0,
+    consumer_lag: null,
+    uptime_s: 0,
+  });
+  const handler = createHandler({
+    broadcaster,
+    metrics,
+    logger: recordingLogger(),
+    health,
+    maxConnections: overrides.maxConnections ?? 0,
+    idleTimeoutSeconds: 30,
+    clientMaxFrameBytes: 64,
+    clientMaxFramesPerSecond: 3,
+    upgrade,
+    now: () => now,
+  });
+  const open = (socket: FakeSocket) => socket.dispatchEvent(new Event("open"));
+  return { handler, broadcaster, metrics, sockets, open, advance: (ms: number) => (now += ms) };
+}
+
+const wsRequest = () =>
+  new Request("http://gw/ws/stream", { headers: { upgrade: "websocket", connection: "Upgrade" } });
+
+Deno.test("GET /health answers the spec's JSON with CORS", async () => {
+  const { handler } = setup();
+  const response = handler(new Request("http://gw/health"));
+  assert.equal(response.status, 200);
+  assert.equal(response.headers.get("access-control-allow-origin"), "*");
+  const body = await response.json();
+  assert.equal(body.service, "gateway");
+  assert.equal(body.status, "healthy");
+  assert.equal(body.nats_url, "nats://localhost:4222");
+  assert.equal(body.connections, 0);
+  for (
+    const key of [
+      "nats_connected",
+      "last_message_ts",
+      "messages_relayed",
+      "consumer_lag",
+      "uptime_s",
+      "version",
+    ]
+  ) {
+    assert.ok(key in body, `missing ${key}`);
+  }
+});
+
+Deno.test("/health and /readyz answer 503 when unhealthy; /livez stays 200", async () => {
+  const { handler } = setup({ healthy: false });
+  const health = handler(new Request("http://gw/health"));
+  assert.equal(health.status, 503);
+  assert.equal((await health.json()).status, "unhealthy");
+  assert.equal(handler(new Request("http://gw/readyz")).status, 503);
+  assert.equal(handler(new Request("http://gw/livez")).status, 200);
+});
+
+Deno.test("unknown paths get 404, wrong methods 405, preflight 204", () => {
+  const { handler } = setup();
+  assert.equal(handler(new Request("http://gw/nope")).status, 404);
+  assert.equal(handler(new Request("http://gw/health", { method: "POST" })).status, 405);
+  const preflight = handler(new Request("http://gw/health", { method: "OPTIONS" }));
+  assert.equal(preflight.status, 204);
+  assert.equal(preflight.headers.get("access-control-allow-origin"), "*");
+});
+
+Deno.test("/metrics serves Prometheus text", async () => {
+  const { handler } = setup();
+  const response = handler(new Request("http://gw/metrics"));
+  assert.equal(response.status, 200);
+  assert.match(response.headers.get("content-type")!, /^text\/plain; version=0\.0\.4/);
+  const text = await response.text();
+  assert.match(text, /# TYPE gateway_ws_connections gauge\ngateway_ws_connections 0\n/);
+});
+
+Deno.test("a plain GET on /ws/stream is a 400, never a crash", async () => {
+  const { handler, metrics } = setup();
+  const response = handler(new Request("http://gw/ws/stream"));
+  assert.equal(response.status, 400);
+  assert.match(await response.text(), /WebSocket upgrade/);
+  assert.equal(metrics.connectionsRejected.get({ reason: "bad_request" }), 1);
+});
+
+Deno.test("an upgraded socket joins the broadcaster on open and leaves on close", () => {
+  const { handler, broadcaster, sockets, open, metrics } = setup();
+  handler(wsRequest());
+  assert.equal(broadcaster.size, 0, "not before open");
+  open(sockets[0]);
+  assert.equal(broadcaster.size, 1);
+  sockets[0].dispatchEvent(new CloseEvent("close", { code: 1000 }));
+  assert.equal(broadcaster.size, 0);
+  assert.equal(metrics.connectionsOpened.get(), 1);
+  assert.equal(metrics.connectionsClosed.get({ reason: "client" }), 1);
+});
+
+Deno.test("past the connection limit upgrades get 503 with Retry-After", () => {
+  const { handler, sockets, open, metrics } = setup({ maxConnections: 2 });
+  handler(wsRequest());
+  handler(wsRequest());
+  open(sockets[0]);
+  const refused = handler(wsRequest());
+  assert.equal(refused.status, 503);
+  assert.equal(refused.headers.get("retry-after"), "5");
+  assert.equal(metrics.connectionsRejected.get({ reason: "limit" }), 1);
+});
+
+Deno.test("client frames: ping answered, binary 1003, too big 1009, flood 1008", () => {
+  const { handler, sockets, open } = setup();
+  for (let i = 0; i < 4; i++) handler(wsRequest());
+  sockets.forEach(open);
+  const [ping, binary, big, flood] = sockets;
+  ping.dispatchEvent(new MessageEvent("message", { data: '{"type":"ping"}' }));
+  assert.deepEqual(ping.sent, ['{"type":"pong"}']);
+  ping.dispatchEvent(new MessageEvent("message", { data: "hello" }));
+  assert.equal(ping.closedWith, undefined, "text frames are ignored");
+  binary.dispatchEvent(new MessageEvent("message", { data: new ArrayBuffer(4) }));
+  assert.equal(binary.closedWith?.code, 1003);
+  big.dispatchEvent(new MessageEvent("message", { data: "x".repeat(65) }));
+  assert.equal(big.closedWith?.code, 1009);
+  for (let i = 0; i < 4; i++) flood.dispatchEvent(new MessageEvent("message", { data: "x" }));
+  assert.equal(flood.closedWith?.code, 1008);
+});
+
+Deno.test("the frame budget renews every second", () => {
+  const { handler, sockets, open, advance } = setup();
+  handler(wsRequest());
+  open(sockets[0]);
+  for (let second = 0; second < 5; second++) {
+    for (let i = 0; i < 3; i++) {
+      sockets[0].dispatchEvent(new MessageEvent("message", { data: "x" }));
+    }
+    advance(1000);
+  }
+  assert.equal(sockets[0].closedWith, undefined);
+});
