@@ -35,7 +35,7 @@ export interface Config {
   readonly maxPayloadBytes: number;
   /**
    * GATEWAY_CLIENT_BUFFER_BYTES: bytes a client may have queued before the gateway stops
-   * sending to it and conflates (keeps only the newest snapshot for it). Default 256 KiB.
+   * sending to it and conflates (keeps only the newest snapshot for it). Default 1 MiB (as Centrifugo's client queue).
    */
   readonly clientBufferBytes: number;
   /**
@@ -229,7 +229,7 @@ export function parseConfig(env: Env): Config {
     clientBufferBytes: readInteger(
       env,
       "GATEWAY_CLIENT_BUFFER_BYTES",
-      256 * 1024,
+      1024 * 1024,
       1,
     ),
     slowClientTimeoutMs: readInteger(

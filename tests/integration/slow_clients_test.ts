@@ -1,0 +1,67 @@
+/** Slow and stalled clients: bounded memory, conflation, 4008, fast clients unaffected. */
+import assert from "node:assert/strict";
+import { NatsServer } from "../helpers/nats_server.ts";
+import { Client, eventually, Publisher } from "../helpers/fixtures.ts";
+import { GatewayProcess } from "../helpers/process.ts";
+import { RawPeer } from "../helpers/raw_ws.ts";
+import { levelsSignal } from "../helpers/signals.ts";
+
+const NORMAL = 10;
+const STALLED = 12;
+const MESSAGES = 1500;
+
+async function rssBytes(pid: number): Promise<number> {
+  const status = await Deno.readTextFile(`/proc/${pid}/status`);
+  return Number(/VmRSS:\s+(\d+) kB/.exec(status)![1]) * 1024;
+}
+
+async function metric(addr: Deno.NetAddr, name: string): Promise<number> {
+  const text = await (await fetch(`http://${addr.hostname}:${addr.port}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
+  return Number(line?.split(" ")[1] ?? NaN);
+}
+
+Deno.test("stalled clients are bounded, conflated and closed; normal clients get everything", async () => {
+  await using nats = await NatsServer.start();
+  await using gateway = await GatewayProcess.spawn({
+    NATS_URL: nats.url,
+    GATEWAY_SLOW_CLIENT_TIMEOUT_MS: "1500",
+  });
+  const addr = await gateway.listening;
+  await using publisher = await Publisher.connect(nats.url);
+  const normal = await Promise.all(Array.from({ length: NORMAL }, () => Client.open(addr)));
+  const stalled = await Promise.all(Array.from({ length: STALLED }, () => RawPeer.connect(addr)));
+  for (const peer of stalled) assert.equal(peer.response.status, 101);
+  const rssBefore = await rssBytes(gateway.child.pid);
+
+  const payloads = Array.from({ length: MESSAGES }, (_, i) => levelsSignal(i, 0, 24));
+  // A high but sustainable rate (~400 msg/s, 6 MB/s per client): normal clients keep up.
+  for (let i = 0; i < MESSAGES; i += 4) {
+    await Promise.all(payloads.slice(i, i + 4).map((p) => publisher.publish(p)));
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  for (const client of normal) {
+    const received = await client.waitFor(MESSAGES, 60_000);
+    assert.equal(received.length, MESSAGES);
+    for (let i = 0; i < MESSAGES; i++) {
+      if (received[i] !== payloads[i]) assert.fail(`client got message ${i} out of order`);
+    }
+  }
+  const rssAfter = await rssBytes(gateway.child.pid);
+  const growth = rssAfter - rssBefore;
+  // Unbounded, each stalled client would hold ~(MESSAGES × 8 KB − kernel buffers) ≈ 14+ MB.
+  assert.ok(growth < 60 * 1024 * 1024, `gateway RSS grew by ${(growth / 1048576).toFixed(1)} MB`);
+  assert.ok(await metric(addr, "gateway_slow_client_conflations_total") > 0);
+  await eventually(
+    async () => (await metric(addr, "gateway_slow_client_disconnects_total")) === STALLED,
+    "every stalled client to be closed as a slow consumer",
+  );
+  assert.equal(await metric(addr, "gateway_ws_connections"), NORMAL);
+  console.log(
+    `slow clients: ${NORMAL} normal + ${STALLED} stalled, ${MESSAGES} × ${
+      payloads[0].length
+    } B; RSS ${(rssBefore / 1048576).toFixed(1)} → ${(rssAfter / 1048576).toFixed(1)} MB`,
+  );
+  for (const peer of stalled) peer.close();
+  await Promise.all(normal.map((c) => c.close()));
+});
