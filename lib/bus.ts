@@ -201,6 +201,8 @@ export interface ConsumerOptions {
   readonly onRestart?: (reason: string) => void;
   /** Called each time a consumer is created and consuming. */
   readonly onConsuming?: () => void;
+  /** Called as soon as the current consumer is to be replaced (before it has stopped). */
+  readonly onInterrupted?: (reason: string) => void;
 }
 
 /**
@@ -233,6 +235,7 @@ export async function* consumeSubject(
       restartCurrent = (reason) => {
         if (restartReason !== "") return;
         restartReason = reason;
+        options.onInterrupted?.(reason);
         messages?.stop();
       };
       try {

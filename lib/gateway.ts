@@ -55,6 +55,8 @@ export async function startGateway(
   let lastMessageTs: number | null = null;
   let consumerLag: number | null = null;
   let natsConnected = false;
+  /** True while a JetStream consumer is delivering; false while it is being (re)created. */
+  let consumerActive = false;
   let failWith: (error: Error) => void = () => {};
   const failed = new Promise<Error>((resolve) => (failWith = resolve));
 
@@ -156,7 +158,7 @@ export async function startGateway(
   });
 
   function health(): HealthReport {
-    const healthy = natsConnected && !abort.signal.aborted;
+    const healthy = natsConnected && consumerActive && !abort.signal.aborted;
     return {
       service: "gateway",
       status: healthy ? "healthy" : "unhealthy",
@@ -178,6 +180,7 @@ export async function startGateway(
       for await (const s of nc.status()) {
         if (s.type === "disconnect") {
           natsConnected = false;
+          consumerActive = false;
           metrics.natsConnected.set(0);
           logger.warn("nats disconnected; reconnecting", { server: s.server });
           if (config.natsMaxOutageMs > 0 && outageTimer === undefined) {
@@ -225,7 +228,11 @@ export async function startGateway(
           durableName: config.durableName,
           logger,
           onRestart: () => metrics.consumerRestarts.inc(),
-          onConsuming: () => consuming.resolve(),
+          onInterrupted: () => (consumerActive = false),
+          onConsuming: () => {
+            consumerActive = true;
+            consuming.resolve();
+          },
         }, abort.signal)
       ) {
         metrics.messagesReceived.inc();
