@@ -178,6 +178,9 @@ function isNotFound(err: unknown): boolean {
   return /not found/i.test(errorMessage(err));
 }
 
+/** Pause before a consumer is recreated, so a delete in progress is not raced. */
+const RESTART_DELAY_MS = 100;
+
 /** A message as the relay sees it. */
 export interface BusMessage {
   readonly data: Uint8Array;
@@ -203,6 +206,8 @@ export interface ConsumerOptions {
   readonly onConsuming?: () => void;
   /** Called as soon as the current consumer is to be replaced (before it has stopped). */
   readonly onInterrupted?: (reason: string) => void;
+  /** Filled in by consumeSubject: lets the caller replace a consumer it judges stalled. */
+  readonly control?: { restart?: (reason: string) => void };
 }
 
 /**
@@ -227,6 +232,7 @@ export async function* consumeSubject(
     }
   })();
   const stopOnAbort = () => restartCurrent("shutdown");
+  if (options.control) options.control.restart = (reason) => restartCurrent(reason);
   signal.addEventListener("abort", stopOnAbort, { once: true });
   try {
     while (!signal.aborted) {
@@ -247,6 +253,12 @@ export async function* consumeSubject(
         messages = await consumer.consume({ max_messages: 256 });
         if (restartReason !== "" || signal.aborted) messages.stop();
         void watchStatus(messages, restartCurrent);
+        options.logger.info("nats consumer started", {
+          stream: options.stream,
+          subject: options.subject,
+          consumer: options.durableName || "ordered",
+          newest_at_start: newestAtStart,
+        });
         options.onConsuming?.();
         for await (const m of messages) {
           yield {
@@ -266,6 +278,9 @@ export async function* consumeSubject(
       } finally {
         messages?.stop();
       }
+      if (signal.aborted) break;
+      // Let a deleted stream or consumer settle before binding again.
+      await delay(RESTART_DELAY_MS, signal);
       if (signal.aborted) break;
       restarts++;
       options.logger.info("nats consumer restarting", { reason: restartReason, restarts });

@@ -33,6 +33,8 @@ export interface Gateway extends AsyncDisposable {
 
 export interface GatewayOptions {
   readonly logger?: Logger;
+  /** How often consumer lag is measured (and a stalled consumer detected). Default 5 s. */
+  readonly lagPollMs?: number;
 }
 
 /** Raised when the listen address is outside what this build may bind. */
@@ -100,6 +102,9 @@ export async function startGateway(
   const abort = new AbortController();
   let seededSequence = -1;
   let lastReceivedSequence = 0;
+  let receivedAtLastCheck = -1;
+  let stalledChecks = 0;
+  const consumerControl: { restart?: (reason: string) => void } = {};
   let server: Deno.HttpServer<Deno.NetAddr> | undefined;
   let relaying: Promise<void> = Promise.resolve();
   let lagTimer: ReturnType<typeof setInterval> | undefined;
@@ -120,7 +125,7 @@ export async function startGateway(
         `Cannot create a JetStream consumer on ${config.stream} for ${config.subject} within ${config.natsConnectTimeoutMs} ms (GATEWAY_NATS_CONNECT_TIMEOUT_MS)`,
       );
     }
-    lagTimer = setInterval(() => updateLag(jsm), LAG_POLL_MS);
+    lagTimer = setInterval(() => updateLag(jsm), options.lagPollMs ?? LAG_POLL_MS);
     server = Deno.serve(
       {
         hostname: config.host,
@@ -229,6 +234,7 @@ export async function startGateway(
           logger,
           onRestart: () => metrics.consumerRestarts.inc(),
           onInterrupted: () => (consumerActive = false),
+          control: consumerControl,
           onConsuming: () => {
             consumerActive = true;
             consuming.resolve();
@@ -272,12 +278,26 @@ export async function startGateway(
   }
 
   /** Lag: stream sequences between the newest stored message and the last one received. */
+  /**
+   * Also a watchdog: a consumer that stays behind without receiving anything over two
+   * measurements is replaced (seen with nats-server 2.9 after a stream was recreated: a pull
+   * request waiting on a consumer with pending messages and nothing delivered).
+   */
   async function updateLag(jsm: JetStreamManager): Promise<void> {
     if (!natsConnected) return;
     try {
       const newest = await newestSequence(jsm, config);
-      consumerLag = Math.max(0, newest - Math.max(lastReceivedSequence, seededSequence));
+      const received = Math.max(lastReceivedSequence, seededSequence);
+      consumerLag = Math.max(0, newest - received);
       metrics.consumerPending.set(consumerLag);
+      const stalled = consumerLag > 0 && consumerActive && received === receivedAtLastCheck;
+      stalledChecks = stalled ? stalledChecks + 1 : 0;
+      receivedAtLastCheck = received;
+      if (stalledChecks >= 2) {
+        stalledChecks = 0;
+        logger.warn("nats consumer stalled; recreating it", { lag: consumerLag });
+        consumerControl.restart?.("stalled");
+      }
     } catch (err) {
       logger.debug("consumer lag unknown", { error: err });
     }

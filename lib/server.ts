@@ -147,7 +147,11 @@ export function createHandler(deps: HandlerDeps): (request: Request) => Response
         socket.send(PONG);
       }
     });
+    let closeHandled = false;
     socket.addEventListener("close", (event) => {
+      // Deno can dispatch close twice (after an idle timeout: 1001, then 1005); count once.
+      if (closeHandled) return;
+      closeHandled = true;
       if (!opened) {
         opening--;
         return;

@@ -87,7 +87,7 @@ Deno.test("messages stored while the gateway reconnects: newest first, never a s
 Deno.test("stream deleted and recreated while running: the gateway rebinds and resumes", async () => {
   await using nats = await NatsServer.start();
   const logger = recordingLogger();
-  await using gateway = await startGateway(testConfig(nats.url), { logger });
+  await using gateway = await startGateway(testConfig(nats.url), { logger, lagPollMs: 500 });
   await using publisher = await Publisher.connect(nats.url);
   await using client = await Client.open(gateway.addr);
   await publisher.publish(signal(1));

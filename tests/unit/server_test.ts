@@ -160,3 +160,14 @@ Deno.test("the frame budget renews every second", () => {
   }
   assert.equal(sockets[0].closedWith, undefined);
 });
+
+Deno.test("a close dispatched twice (idle timeout, then 1005) is counted once, as idle_timeout", () => {
+  const { handler, sockets, open, metrics } = setup();
+  handler(wsRequest());
+  open(sockets[0]);
+  const reason = "No response from ping frame.";
+  sockets[0].dispatchEvent(new CloseEvent("close", { code: 1001, reason }));
+  sockets[0].dispatchEvent(new CloseEvent("close", { code: 1005 }));
+  assert.equal(metrics.connectionsClosed.get({ reason: "idle_timeout" }), 1);
+  assert.equal(metrics.connectionsClosed.get({ reason: "client" }), 0);
+});
