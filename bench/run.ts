@@ -1,0 +1,413 @@
+/**
+ * `deno task bench`: the gateway against two reference relays (Node 20 + ws, Bun.serve pub/sub),
+ * same clients, same run. Relays are pinned to CPU 0; this process (publisher + load clients)
+ * and nats-server to CPU 1 (the task runs it under `taskset -c 1`).
+ *
+ * Options (env): BENCH_RELAYS=gateway,node,bun  BENCH_N_SMALL=1000  BENCH_N_BIG=5000
+ * BENCH_FIXED_SECONDS=10  BENCH_STEP_SECONDS=4  BENCH_RATES=25,50,100,...  BENCH_QUICK=1 (small run)
+ * Results: a table on stdout and JSON in bench/results/<timestamp>.json.
+ */
+import { connect } from "@nats-io/transport-deno";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { ensureStreams } from "../lib/bus.ts";
+import { createLogger } from "../lib/log.ts";
+import { NatsServer } from "../tests/helpers/nats_server.ts";
+import { levelsSignal } from "../tests/helpers/signals.ts";
+
+const env = Deno.env.toObject();
+const quick = env.BENCH_QUICK === "1";
+const N_SMALL = Number(env.BENCH_N_SMALL ?? (quick ? 200 : 1000));
+const N_BIG = Number(env.BENCH_N_BIG ?? (quick ? 500 : 5000));
+const FIXED_SECONDS = Number(env.BENCH_FIXED_SECONDS ?? (quick ? 3 : 10));
+const STEP_SECONDS = Number(env.BENCH_STEP_SECONDS ?? (quick ? 2 : 4));
+const RATES = (env.BENCH_RATES ?? "25,50,100,150,200,300,400,600,800").split(",").map(Number);
+const RELAYS = (env.BENCH_RELAYS ?? "gateway,node,bun").split(",");
+const P99_LIMIT_MS = 250;
+const root = new URL("..", import.meta.url).pathname;
+const refs = `${root}bench/refs`;
+
+const nowUs = () => (performance.timeOrigin + performance.now()) * 1000;
+
+// ---------- process stats from /proc ----------
+const TICK_S = 0.01; // USER_HZ = 100 on Linux
+function cpuSeconds(pid: number | "self"): number {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) * TICK_S;
+}
+function rssMb(pid: number): number {
+  const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+  return Number(/VmRSS:\s+(\d+)/.exec(status)![1]) / 1024;
+}
+
+// ---------- statistics ----------
+function percentile(sorted: Float64Array, p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+function summarize(values: number[]) {
+  const sorted = Float64Array.from(values).sort();
+  return {
+    count: sorted.length,
+    p50: percentile(sorted, 50),
+    p99: percentile(sorted, 99),
+    p999: percentile(sorted, 99.9),
+    max: sorted.length ? sorted[sorted.length - 1] : NaN,
+  };
+}
+
+// ---------- load clients ----------
+const SEQ = /^\{"seq":(\d+),"pub_us":(\d+(?:\.\d+)?)/;
+
+class LoadClient {
+  readonly socket: WebSocket;
+  openedAt = 0;
+  firstAt = 0;
+  lastSeq = -1;
+  received = 0;
+  gaps = 0;
+  outOfOrder = 0;
+  readonly closed: Promise<void>;
+  readonly opened: Promise<void>;
+  readonly first: Promise<void>;
+
+  constructor(url: string, readonly sink: { latencies: number[]; recording: boolean }) {
+    this.socket = new WebSocket(url);
+    let firstResolve: () => void;
+    this.first = new Promise((r) => (firstResolve = r));
+    this.opened = new Promise((resolve, reject) => {
+      this.socket.onopen = () => {
+        this.openedAt = performance.now();
+        resolve();
+      };
+      this.socket.onerror = () => reject(new Error("connect failed"));
+    });
+    this.closed = new Promise((r) => this.socket.addEventListener("close", () => r()));
+    this.socket.onmessage = (event) => {
+      const t = nowUs();
+      if (this.firstAt === 0) {
+        this.firstAt = performance.now();
+        firstResolve();
+      }
+      const match = SEQ.exec(event.data as string);
+      if (!match) return;
+      const seq = Number(match[1]);
+      if (this.lastSeq >= 0) {
+        if (seq > this.lastSeq + 1) this.gaps += seq - this.lastSeq - 1;
+        else if (seq <= this.lastSeq) this.outOfOrder++;
+      }
+      this.lastSeq = seq;
+      this.received++;
+      if (sink.recording) sink.latencies.push((t - Number(match[2])) / 1000);
+    };
+  }
+}
+
+// ---------- relays ----------
+interface Relay {
+  name: string;
+  child: Deno.ChildProcess;
+  pid: number;
+  port: number;
+}
+
+function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = listener.addr;
+  listener.close();
+  return port;
+}
+
+async function startRelay(name: string, natsUrl: string): Promise<Relay> {
+  const port = freePort();
+  const commands: Record<string, string[]> = {
+    gateway: [Deno.execPath(), "run", "-P=gateway", "main.ts"],
+    node: ["node", `${refs}/node_relay.mjs`],
+    bun: [`${refs}/node_modules/.bin/bun`, `${refs}/bun_relay.ts`],
+  };
+  const command = commands[name];
+  if (!command) throw new Error(`unknown relay ${name}`);
+  const child = new Deno.Command("taskset", {
+    args: ["-c", "0", ...command],
+    cwd: root,
+    env: {
+      NATS_URL: natsUrl,
+      PORT: String(port),
+      GATEWAY_PORT: String(port),
+      GATEWAY_HOST: "127.0.0.1",
+      GATEWAY_LOG_LEVEL: "warn",
+      GATEWAY_MAX_CONNECTIONS: "0",
+      NO_COLOR: "1",
+    },
+    stdout: "null",
+    stderr: "inherit",
+  }).spawn();
+  const deadline = Date.now() + 20_000;
+  while (true) {
+    try {
+      const response = await fetch(`http://127.0.0.1:${port}/health`);
+      await response.body?.cancel();
+      if (response.ok) break;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) throw new Error(`${name} relay did not start`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { name, child, pid: child.pid, port };
+}
+
+async function stopRelay(relay: Relay): Promise<void> {
+  try {
+    relay.child.kill("SIGKILL");
+  } catch {
+    // gone
+  }
+  await relay.child.status;
+}
+
+// ---------- publisher ----------
+class Publisher {
+  seq = 0;
+  inFlight = 0;
+  failed = 0;
+  constructor(readonly js: ReturnType<typeof jetstream>) {}
+
+  publishOne(): void {
+    const seq = ++this.seq;
+    this.inFlight++;
+    this.js.publish("levels.signals", levelsSignal(seq, Math.round(nowUs())))
+      .catch(() => this.failed++)
+      .finally(() => this.inFlight--);
+  }
+
+  /** Publishes at `rate` msg/s for `seconds`; returns the sequence range published. */
+  async run(rate: number, seconds: number): Promise<{ first: number; last: number }> {
+    const first = this.seq + 1;
+    const total = Math.round(rate * seconds);
+    const start = performance.now();
+    for (let i = 0; i < total; i++) {
+      const due = start + (i * 1000) / rate;
+      const wait = due - performance.now();
+      if (wait > 1) await new Promise((r) => setTimeout(r, wait));
+      if (this.inFlight > 2000) await new Promise((r) => setTimeout(r, 1));
+      this.publishOne();
+    }
+    return { first, last: this.seq };
+  }
+}
+
+// ---------- scenarios ----------
+async function openClients(
+  port: number,
+  n: number,
+  sink: { latencies: number[]; recording: boolean },
+): Promise<LoadClient[]> {
+  const url = `ws://127.0.0.1:${port}/ws/stream`;
+  const clients = Array.from({ length: n }, () => new LoadClient(url, sink));
+  await Promise.all(clients.map((c) => c.opened));
+  return clients;
+}
+
+async function closeClients(clients: LoadClient[]): Promise<void> {
+  for (const c of clients) c.socket.close();
+  await Promise.race([
+    Promise.all(clients.map((c) => c.closed)),
+    new Promise((r) => setTimeout(r, 5000)),
+  ]);
+}
+
+async function settle(clients: LoadClient[], lastSeq: number, maxMs: number): Promise<void> {
+  const deadline = performance.now() + maxMs;
+  while (performance.now() < deadline) {
+    if (clients.every((c) => c.lastSeq >= lastSeq)) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function fixedRate(
+  relay: Relay,
+  publisher: Publisher,
+  clients: LoadClient[],
+  sink: { latencies: number[]; recording: boolean },
+  rate: number,
+  seconds: number,
+) {
+  for (const c of clients) {
+    c.received = 0;
+    c.gaps = 0;
+    c.outOfOrder = 0;
+  }
+  sink.latencies = [];
+  sink.recording = true;
+  const relayCpu0 = cpuSeconds(relay.pid);
+  const clientCpu0 = cpuSeconds("self");
+  const t0 = performance.now();
+  const { first, last } = await publisher.run(rate, seconds);
+  await settle(clients, last, 3000);
+  const elapsed = (performance.now() - t0) / 1000;
+  sink.recording = false;
+  const expected = (last - first + 1) * clients.length;
+  const received = clients.reduce((s, c) => s + c.received, 0);
+  const gaps = clients.reduce((s, c) => s + c.gaps, 0);
+  const outOfOrder = clients.reduce((s, c) => s + c.outOfOrder, 0);
+  return {
+    rate,
+    clients: clients.length,
+    expected,
+    received,
+    gaps,
+    outOfOrder,
+    deliveriesPerSecond: received / seconds,
+    latencyMs: summarize(sink.latencies),
+    relayCpu: (cpuSeconds(relay.pid) - relayCpu0) / elapsed,
+    clientCpu: (cpuSeconds("self") - clientCpu0) / elapsed,
+    relayRssMb: rssMb(relay.pid),
+  };
+}
+
+async function benchRelay(name: string, natsUrl: string, publisher: Publisher) {
+  const relay = await startRelay(name, natsUrl);
+  const sink = { latencies: [] as number[], recording: false };
+  const result: Record<string, unknown> = { relay: name };
+  try {
+    // Something cached, so connects get a snapshot.
+    publisher.publishOne();
+    const probe = new LoadClient(`ws://127.0.0.1:${relay.port}/ws/stream`, sink);
+    await probe.first;
+    probe.socket.close();
+    await new Promise((r) => setTimeout(r, 500));
+    const rssIdle0 = rssMb(relay.pid);
+
+    // Connect burst: time from the handshake completing to the first frame (the snapshot).
+    const big = await openClients(relay.port, N_BIG, sink);
+    await Promise.race([
+      Promise.all(big.map((c) => c.first)),
+      new Promise((r) => setTimeout(r, 10_000)),
+    ]);
+    const snapshot = summarize(
+      big.filter((c) => c.firstAt > 0).map((c) => c.firstAt - c.openedAt),
+    );
+    result.snapshotAfterConnectMs = { ...snapshot, missing: N_BIG - snapshot.count };
+    await new Promise((r) => setTimeout(r, 1000));
+    result.memoryPerIdleConnectionKb = ((rssMb(relay.pid) - rssIdle0) * 1024) / N_BIG;
+    console.error(`${name}: burst of ${N_BIG} connects done`);
+
+    result.fixedBig = await fixedRate(relay, publisher, big, sink, 4, FIXED_SECONDS);
+    console.error(`${name}: ${N_BIG} clients × 4 msg/s done`);
+    await closeClients(big.slice(N_SMALL));
+    const small = big.slice(0, N_SMALL);
+    result.fixedSmall = await fixedRate(relay, publisher, small, sink, 4, FIXED_SECONDS);
+    console.error(`${name}: ${N_SMALL} clients × 4 msg/s done`);
+
+    const steps = [];
+    let lastGood = 0;
+    for (const rate of RATES) {
+      const step = await fixedRate(relay, publisher, small, sink, rate, STEP_SECONDS);
+      const ok = step.received === step.expected && step.gaps === 0 &&
+        step.latencyMs.p99 <= P99_LIMIT_MS;
+      steps.push({ ...step, ok });
+      console.error(
+        `${name}: ${rate} msg/s → ${Math.round(step.deliveriesPerSecond)} deliveries/s, p99 ${
+          step.latencyMs.p99.toFixed(1)
+        } ms, ${step.received}/${step.expected}, relay cpu ${
+          step.relayCpu.toFixed(2)
+        }, client cpu ${step.clientCpu.toFixed(2)}, rss ${step.relayRssMb.toFixed(0)} MB`,
+      );
+      if (!ok) break;
+      lastGood = step.deliveriesPerSecond;
+      // Let the relay's queues empty before the next step.
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    result.steps = steps;
+    result.maxDeliveriesPerSecond = lastGood;
+    await closeClients(small);
+  } finally {
+    await stopRelay(relay);
+  }
+  return result;
+}
+
+function fmt(n: unknown, digits = 1): string {
+  return typeof n === "number" && Number.isFinite(n) ? n.toFixed(digits) : "-";
+}
+
+if (import.meta.main) {
+  await using nats = await NatsServer.start();
+  const nc = await connect({ servers: nats.url });
+  await ensureStreams(await jetstreamManager(nc), createLogger("warn"));
+  const publisher = new Publisher(jetstream(nc));
+  const results = [];
+  for (const name of RELAYS) {
+    if (name !== "gateway") {
+      try {
+        await Deno.stat(`${refs}/node_modules`);
+      } catch {
+        console.error("installing reference relays (npm ci in bench/refs)");
+        const { success } = await new Deno.Command("npm", {
+          args: ["ci", "--silent"],
+          cwd: refs,
+        }).spawn().status;
+        if (!success) throw new Error("npm ci failed in bench/refs");
+      }
+    }
+    console.error(`--- ${name}`);
+    results.push(await benchRelay(name, nats.url, publisher));
+  }
+  await nc.close();
+
+  // deno-lint-ignore no-explicit-any
+  type R = Record<string, any>;
+  const byName = new Map(results.map((r) => [r.relay as string, r as R]));
+  const rows = [
+    [
+      "max deliveries/s (N=" + N_SMALL + ", p99≤250ms, no loss)",
+      (r: R) => fmt(r.maxDeliveriesPerSecond, 0),
+    ],
+    [`p99 latency ms, ${N_BIG} clients × 4 msg/s`, (r: R) => fmt(r.fixedBig?.latencyMs.p99)],
+    [`p99 latency ms, ${N_SMALL} clients × 4 msg/s`, (r: R) => fmt(r.fixedSmall?.latencyMs.p99)],
+    [
+      `snapshot after connect p50 ms (${N_BIG} burst)`,
+      (r: R) => fmt(r.snapshotAfterConnectMs?.p50, 2),
+    ],
+    [
+      `snapshot after connect p99 ms (${N_BIG} burst)`,
+      (r: R) => fmt(r.snapshotAfterConnectMs?.p99, 2),
+    ],
+    ["memory per idle connection KB", (r: R) => fmt(r.memoryPerIdleConnectionKb)],
+  ] as const;
+  const names = results.map((r) => r.relay as string);
+  console.log(`\n| metric | ${names.join(" | ")} |`);
+  console.log(`|---|${names.map(() => "---").join("|")}|`);
+  for (const [label, get] of rows) {
+    console.log(`| ${label} | ${names.map((n) => get(byName.get(n)!)).join(" | ")} |`);
+  }
+  const gateway = byName.get("gateway");
+  if (gateway) {
+    for (const other of names.filter((n) => n !== "gateway")) {
+      const o = byName.get(other)!;
+      console.log(
+        `ratio gateway/${other}: max deliveries ${
+          fmt(gateway.maxDeliveriesPerSecond / o.maxDeliveriesPerSecond, 2)
+        }, ` +
+          `p99@${N_BIG} ${fmt(gateway.fixedBig?.latencyMs.p99 / o.fixedBig?.latencyMs.p99, 2)}, ` +
+          `memory/conn ${fmt(gateway.memoryPerIdleConnectionKb / o.memoryPerIdleConnectionKb, 2)}`,
+      );
+    }
+  }
+  await Deno.mkdir(`${root}bench/results`, { recursive: true });
+  const file = `${root}bench/results/${new Date().toISOString().replace(/[:.]/g, "-")}.json`;
+  await Deno.writeTextFile(
+    file,
+    JSON.stringify(
+      {
+        date: new Date().toISOString(),
+        config: { N_SMALL, N_BIG, FIXED_SECONDS, STEP_SECONDS, RATES },
+        results,
+      },
+      null,
+      2,
+    ),
+  );
+  console.log(`results: ${file}`);
+}
