@@ -35,7 +35,8 @@ export interface Config {
   readonly maxPayloadBytes: number;
   /**
    * GATEWAY_CLIENT_BUFFER_BYTES: bytes a client may have queued before the gateway stops
-   * sending to it and conflates (keeps only the newest snapshot for it). Default 1 MiB (as Centrifugo's client queue).
+   * sending to it and conflates (keeps only the newest snapshot for it). Default 256 KiB: ~32 snapshots of 8 KB; it bounds both memory (N × 256 KiB) and
+   * how old a lagging client's screen can get (what is queued is delivered before anything newer).
    */
   readonly clientBufferBytes: number;
   /**
@@ -229,7 +230,7 @@ export function parseConfig(env: Env): Config {
     clientBufferBytes: readInteger(
       env,
       "GATEWAY_CLIENT_BUFFER_BYTES",
-      1024 * 1024,
+      256 * 1024,
       1,
     ),
     slowClientTimeoutMs: readInteger(
