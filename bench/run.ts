@@ -5,6 +5,7 @@
  *
  * Options (env): BENCH_RELAYS=gateway,node,bun  BENCH_N_SMALL=1000  BENCH_N_BIG=5000
  * BENCH_FIXED_SECONDS=10  BENCH_STEP_SECONDS=4  BENCH_RATES=25,50,100,...  BENCH_QUICK=1 (small run)
+ * BENCH_PROFILE=1 (V8 CPU profile of the gateway in bench/results/profile/)
  * Results: a table on stdout and JSON in bench/results/<timestamp>.json.
  */
 import { connect } from "@nats-io/transport-deno";
@@ -121,7 +122,14 @@ function freePort(): number {
 async function startRelay(name: string, natsUrl: string): Promise<Relay> {
   const port = freePort();
   const commands: Record<string, string[]> = {
-    gateway: [Deno.execPath(), "run", "-P=gateway", "main.ts"],
+    gateway: [
+      Deno.execPath(),
+      "run",
+      "-P=gateway",
+      // BENCH_PROFILE=1 writes a V8 CPU profile of the gateway to bench/results/profile/.
+      ...(env.BENCH_PROFILE ? ["--cpu-prof", `--cpu-prof-dir=${root}bench/results/profile`] : []),
+      "main.ts",
+    ],
     node: ["node", `${refs}/node_relay.mjs`],
     bun: [`${refs}/node_modules/.bin/bun`, `${refs}/bun_relay.ts`],
   };
@@ -159,7 +167,8 @@ async function startRelay(name: string, natsUrl: string): Promise<Relay> {
 
 async function stopRelay(relay: Relay): Promise<void> {
   try {
-    relay.child.kill("SIGKILL");
+    // SIGTERM lets the gateway stop gracefully (and write its profile).
+    relay.child.kill(relay.name === "gateway" ? "SIGTERM" : "SIGKILL");
   } catch {
     // gone
   }
