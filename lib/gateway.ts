@@ -112,7 +112,7 @@ export async function startGateway(
   try {
     const jsm = await jetstreamManager(nc);
     await ensureStreams(jsm, logger);
-    seededSequence = await seedLatest(nc, config, broadcaster, logger);
+    seededSequence = await seedLatest(jsm);
     watchNats(nc);
     relaying = relay(nc);
     // Serve only once the consumer exists, so nothing published after startup is missed.
@@ -304,17 +304,9 @@ export async function startGateway(
   }
 
   /** Seeds the cache with the newest stored message so the first client sees it at once. */
-  async function seedLatest(
-    nc: NatsConnection,
-    config: Config,
-    broadcaster: Broadcaster,
-    logger: Logger,
-  ): Promise<number> {
+  async function seedLatest(jsm: JetStreamManager): Promise<number> {
     try {
-      const jsm = await jetstreamManager(nc);
-      const stored = await jsm.streams.getMessage(config.stream, {
-        last_by_subj: config.subject,
-      });
+      const stored = await jsm.streams.getMessage(config.stream, { last_by_subj: config.subject });
       if (stored === null) return -1;
       const checked = checkPayload(stored.data, config.maxPayloadBytes);
       if (!checked.ok) return -1;
