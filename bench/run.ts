@@ -6,6 +6,8 @@
  * Options (env): BENCH_RELAYS=gateway,node,bun  BENCH_N_SMALL=1000  BENCH_N_BIG=5000
  * BENCH_FIXED_SECONDS=10  BENCH_STEP_SECONDS=4  BENCH_RATES=25,50,100,...  BENCH_QUICK=1 (small run)
  * BENCH_PROFILE=1 (V8 CPU profile of the gateway in bench/results/profile/)
+ * BENCH_CLIENT=c: load clients from bench/client.c (one epoll loop, compiled with cc) instead of
+ * Deno WebSockets, for rates where a JS client saturates first.
  * Results: a table on stdout and JSON in bench/results/<timestamp>.json.
  */
 import { connect } from "@nats-io/transport-deno";
@@ -337,6 +339,173 @@ async function benchRelay(name: string, natsUrl: string, publisher: Publisher) {
   return result;
 }
 
+// ---------- compiled load client (BENCH_CLIENT=c) ----------
+interface CStats {
+  received: number;
+  gaps: number;
+  outOfOrder: number;
+  open: number;
+  closed: number;
+  latency: { count: number; p50: number; p99: number; p999: number; max: number };
+  snapshot: { count: number; p50: number; p99: number };
+}
+
+class CClient {
+  readonly child: Deno.ChildProcess;
+  readonly #writer: WritableStreamDefaultWriter<Uint8Array>;
+  readonly #lines: ReadableStreamDefaultReader<string>;
+  #buffer = "";
+
+  constructor(binary: string, port: number, n: number) {
+    this.child = new Deno.Command(binary, {
+      args: [String(port), String(n)],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "inherit",
+    }).spawn();
+    this.#writer = this.child.stdin.getWriter();
+    this.#lines = this.child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  }
+
+  async #line(): Promise<string> {
+    while (!this.#buffer.includes("\n")) {
+      const { value, done } = await this.#lines.read();
+      if (done) throw new Error("load client exited");
+      this.#buffer += value;
+    }
+    const index = this.#buffer.indexOf("\n");
+    const line = this.#buffer.slice(0, index);
+    this.#buffer = this.#buffer.slice(index + 1);
+    return line;
+  }
+
+  async ready(): Promise<void> {
+    await this.#line();
+  }
+
+  /** Counters since the previous call (latencies too); snapshot times are per connection. */
+  async stats(): Promise<CStats> {
+    await this.#writer.write(new TextEncoder().encode("stats\n"));
+    return JSON.parse(await this.#line());
+  }
+
+  async quit(): Promise<void> {
+    await this.#writer.write(new TextEncoder().encode("quit\n")).catch(() => {});
+    await this.#writer.close().catch(() => {});
+    await this.#lines.cancel().catch(() => {});
+    await this.child.status;
+  }
+}
+
+async function buildCClient(): Promise<string> {
+  const output = `${root}bench/results/client`;
+  await Deno.mkdir(`${root}bench/results`, { recursive: true });
+  const { success } = await new Deno.Command("cc", {
+    args: ["-O2", "-o", output, `${root}bench/client.c`],
+  }).spawn().status;
+  if (!success) throw new Error("cannot compile bench/client.c (needs cc)");
+  return output;
+}
+
+async function fixedRateC(
+  relay: Relay,
+  publisher: Publisher,
+  client: CClient,
+  clients: number,
+  rate: number,
+  seconds: number,
+) {
+  await client.stats(); // reset
+  const relayCpu0 = cpuSeconds(relay.pid);
+  const clientCpu0 = cpuSeconds(client.child.pid);
+  const t0 = performance.now();
+  const { first, last } = await publisher.run(rate, seconds);
+  const expected = (last - first + 1) * clients;
+  let total: CStats | undefined;
+  const deadline = performance.now() + 3000;
+  const latencies: CStats["latency"][] = [];
+  while (true) {
+    const s = await client.stats();
+    latencies.push(s.latency);
+    total = total === undefined ? s : {
+      ...s,
+      received: total.received + s.received,
+      gaps: total.gaps + s.gaps,
+      outOfOrder: total.outOfOrder + s.outOfOrder,
+    };
+    if (total.received >= expected || performance.now() > deadline) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const elapsed = (performance.now() - t0) / 1000;
+  // Latency percentiles of the first (largest) window; later windows hold only stragglers.
+  const main = latencies.reduce((a, b) => (b.count > a.count ? b : a));
+  return {
+    rate,
+    clients,
+    expected,
+    received: total.received,
+    gaps: total.gaps,
+    outOfOrder: total.outOfOrder,
+    deliveriesPerSecond: total.received / seconds,
+    latencyMs: { ...main, max: Math.max(...latencies.map((l) => l.max)) },
+    relayCpu: (cpuSeconds(relay.pid) - relayCpu0) / elapsed,
+    clientCpu: (cpuSeconds(client.child.pid) - clientCpu0) / elapsed,
+    relayRssMb: rssMb(relay.pid),
+  };
+}
+
+async function benchRelayC(name: string, natsUrl: string, publisher: Publisher, binary: string) {
+  const relay = await startRelay(name, natsUrl);
+  const result: Record<string, unknown> = { relay: name, client: "c" };
+  try {
+    publisher.publishOne();
+    await new Promise((r) => setTimeout(r, 500));
+    const rssIdle0 = rssMb(relay.pid);
+    const big = new CClient(binary, relay.port, N_BIG);
+    await big.ready();
+    let stats = await big.stats();
+    const deadline = performance.now() + 10_000;
+    while (stats.snapshot.count < N_BIG && performance.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 100));
+      stats = await big.stats();
+    }
+    result.snapshotAfterConnectMs = { ...stats.snapshot, missing: N_BIG - stats.snapshot.count };
+    await new Promise((r) => setTimeout(r, 1000));
+    result.memoryPerIdleConnectionKb = ((rssMb(relay.pid) - rssIdle0) * 1024) / N_BIG;
+    result.fixedBig = await fixedRateC(relay, publisher, big, N_BIG, 4, FIXED_SECONDS);
+    console.error(`${name}: ${N_BIG} clients × 4 msg/s done (C client)`);
+    await big.quit();
+    const small = new CClient(binary, relay.port, N_SMALL);
+    await small.ready();
+    await new Promise((r) => setTimeout(r, 500));
+    result.fixedSmall = await fixedRateC(relay, publisher, small, N_SMALL, 4, FIXED_SECONDS);
+    const steps = [];
+    let lastGood = 0;
+    for (const rate of RATES) {
+      const step = await fixedRateC(relay, publisher, small, N_SMALL, rate, STEP_SECONDS);
+      const ok = step.received === step.expected && step.gaps === 0 &&
+        step.latencyMs.p99 <= P99_LIMIT_MS;
+      steps.push({ ...step, ok });
+      console.error(
+        `${name}: ${rate} msg/s → ${Math.round(step.deliveriesPerSecond)} deliveries/s, p99 ${
+          step.latencyMs.p99.toFixed(1)
+        } ms, ${step.received}/${step.expected}, relay cpu ${
+          step.relayCpu.toFixed(2)
+        }, client cpu ${step.clientCpu.toFixed(2)}, rss ${step.relayRssMb.toFixed(0)} MB`,
+      );
+      if (!ok) break;
+      lastGood = step.deliveriesPerSecond;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    result.steps = steps;
+    result.maxDeliveriesPerSecond = lastGood;
+    await small.quit();
+  } finally {
+    await stopRelay(relay);
+  }
+  return result;
+}
+
 function fmt(n: unknown, digits = 1): string {
   return typeof n === "number" && Number.isFinite(n) ? n.toFixed(digits) : "-";
 }
@@ -346,6 +515,7 @@ if (import.meta.main) {
   const nc = await connect({ servers: nats.url });
   await ensureStreams(await jetstreamManager(nc), createLogger("warn"));
   const publisher = new Publisher(jetstream(nc));
+  const cClient = env.BENCH_CLIENT === "c" ? await buildCClient() : undefined;
   const results = [];
   for (const name of RELAYS) {
     if (name !== "gateway") {
@@ -361,7 +531,11 @@ if (import.meta.main) {
       }
     }
     console.error(`--- ${name}`);
-    results.push(await benchRelay(name, nats.url, publisher));
+    results.push(
+      cClient
+        ? await benchRelayC(name, nats.url, publisher, cClient)
+        : await benchRelay(name, nats.url, publisher),
+    );
   }
   await nc.close();
 
