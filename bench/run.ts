@@ -277,6 +277,32 @@ async function fixedRate(
   };
 }
 
+type Step = Awaited<ReturnType<typeof fixedRate>>;
+
+/** Raises the rate through RATES until p99 > 250 ms or any loss; the last good deliveries/s. */
+async function stepUp(name: string, runStep: (rate: number) => Promise<Step>) {
+  const steps = [];
+  let maxDeliveriesPerSecond = 0;
+  for (const rate of RATES) {
+    const step = await runStep(rate);
+    const ok = step.received === step.expected && step.gaps === 0 &&
+      step.latencyMs.p99 <= P99_LIMIT_MS;
+    steps.push({ ...step, ok });
+    console.error(
+      `${name}: ${rate} msg/s → ${Math.round(step.deliveriesPerSecond)} deliveries/s, p99 ${
+        step.latencyMs.p99.toFixed(1)
+      } ms, ${step.received}/${step.expected}, relay cpu ${step.relayCpu.toFixed(2)}, client cpu ${
+        step.clientCpu.toFixed(2)
+      }, rss ${step.relayRssMb.toFixed(0)} MB`,
+    );
+    if (!ok) break;
+    maxDeliveriesPerSecond = step.deliveriesPerSecond;
+    // Let the relay's queues empty before the next step.
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  return { steps, maxDeliveriesPerSecond };
+}
+
 async function benchRelay(name: string, natsUrl: string, publisher: Publisher) {
   const relay = await startRelay(name, natsUrl);
   const sink = { latencies: [] as number[], recording: false };
@@ -311,27 +337,10 @@ async function benchRelay(name: string, natsUrl: string, publisher: Publisher) {
     result.fixedSmall = await fixedRate(relay, publisher, small, sink, 4, FIXED_SECONDS);
     console.error(`${name}: ${N_SMALL} clients × 4 msg/s done`);
 
-    const steps = [];
-    let lastGood = 0;
-    for (const rate of RATES) {
-      const step = await fixedRate(relay, publisher, small, sink, rate, STEP_SECONDS);
-      const ok = step.received === step.expected && step.gaps === 0 &&
-        step.latencyMs.p99 <= P99_LIMIT_MS;
-      steps.push({ ...step, ok });
-      console.error(
-        `${name}: ${rate} msg/s → ${Math.round(step.deliveriesPerSecond)} deliveries/s, p99 ${
-          step.latencyMs.p99.toFixed(1)
-        } ms, ${step.received}/${step.expected}, relay cpu ${
-          step.relayCpu.toFixed(2)
-        }, client cpu ${step.clientCpu.toFixed(2)}, rss ${step.relayRssMb.toFixed(0)} MB`,
-      );
-      if (!ok) break;
-      lastGood = step.deliveriesPerSecond;
-      // Let the relay's queues empty before the next step.
-      await new Promise((r) => setTimeout(r, 500));
-    }
-    result.steps = steps;
-    result.maxDeliveriesPerSecond = lastGood;
+    Object.assign(
+      result,
+      await stepUp(name, (rate) => fixedRate(relay, publisher, small, sink, rate, STEP_SECONDS)),
+    );
     await closeClients(small);
   } finally {
     await stopRelay(relay);
@@ -484,26 +493,13 @@ async function benchRelayC(name: string, natsUrl: string, publisher: Publisher, 
     await small.ready();
     await new Promise((r) => setTimeout(r, 500));
     result.fixedSmall = await fixedRateC(relay, publisher, small, N_SMALL, 4, FIXED_SECONDS);
-    const steps = [];
-    let lastGood = 0;
-    for (const rate of RATES) {
-      const step = await fixedRateC(relay, publisher, small, N_SMALL, rate, STEP_SECONDS);
-      const ok = step.received === step.expected && step.gaps === 0 &&
-        step.latencyMs.p99 <= P99_LIMIT_MS;
-      steps.push({ ...step, ok });
-      console.error(
-        `${name}: ${rate} msg/s → ${Math.round(step.deliveriesPerSecond)} deliveries/s, p99 ${
-          step.latencyMs.p99.toFixed(1)
-        } ms, ${step.received}/${step.expected}, relay cpu ${
-          step.relayCpu.toFixed(2)
-        }, client cpu ${step.clientCpu.toFixed(2)}, rss ${step.relayRssMb.toFixed(0)} MB`,
-      );
-      if (!ok) break;
-      lastGood = step.deliveriesPerSecond;
-      await new Promise((r) => setTimeout(r, 500));
-    }
-    result.steps = steps;
-    result.maxDeliveriesPerSecond = lastGood;
+    Object.assign(
+      result,
+      await stepUp(
+        name,
+        (rate) => fixedRateC(relay, publisher, small, N_SMALL, rate, STEP_SECONDS),
+      ),
+    );
     await small.quit();
   } finally {
     await stopRelay(relay);
