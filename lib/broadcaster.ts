@@ -70,6 +70,8 @@ export class Broadcaster {
   readonly #options: Required<BroadcasterOptions>;
   readonly #events: BroadcasterEvents;
   #latest: string | null = null;
+  /** UTF-8 size of #latest; a conflated client's pending payload is always #latest. */
+  #latestBytes = 0;
   #drainTimer: ReturnType<typeof setInterval> | undefined;
 
   constructor(options: BroadcasterOptions, events: BroadcasterEvents = {}) {
@@ -88,8 +90,9 @@ export class Broadcaster {
   }
 
   /** Caches a payload without sending it (seeding at startup). */
-  seed(payload: string): void {
+  seed(payload: string, byteLength = payload.length): void {
     this.#latest = payload;
+    this.#latestBytes = byteLength;
   }
 
   /**
@@ -100,7 +103,9 @@ export class Broadcaster {
     if (this.#clients.has(socket)) return;
     const client: Client = { socket, pending: null, behindSince: -1 };
     this.#clients.set(socket, client);
-    if (this.#latest !== null) this.#deliver(client, this.#latest);
+    if (this.#latest !== null && this.#deliver(client, this.#latest)) {
+      this.#events.delivered?.(1, this.#latestBytes);
+    }
   }
 
   /** Removes a socket; safe to call any number of times. */
@@ -125,6 +130,7 @@ export class Broadcaster {
    */
   broadcast(payload: string, byteLength = payload.length): void {
     this.#latest = payload;
+    this.#latestBytes = byteLength;
     let delivered = 0;
     for (const client of this.#clients.values()) {
       if (this.#deliver(client, payload)) delivered++;
@@ -204,7 +210,7 @@ export class Broadcaster {
         this.#behind.delete(client);
         client.pending = null;
         client.behindSince = -1;
-        if (this.#send(client, payload)) this.#events.delivered?.(1, payload.length);
+        if (this.#send(client, payload)) this.#events.delivered?.(1, this.#latestBytes);
       } else if (now - client.behindSince >= this.#options.slowClientTimeoutMs) {
         this.#closeSlow(client);
       }

@@ -310,7 +310,7 @@ export async function startGateway(
       if (stored === null) return -1;
       const checked = checkPayload(stored.data, config.maxPayloadBytes);
       if (!checked.ok) return -1;
-      broadcaster.seed(checked.text);
+      broadcaster.seed(checked.text, stored.data.byteLength);
       logger.info("cache seeded from stream", { stream_seq: stored.seq });
       return stored.seq;
     } catch (err) {

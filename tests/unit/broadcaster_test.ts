@@ -159,3 +159,20 @@ Deno.test("closeAll closes every client with the given code", () => {
   }
   assert.equal(b.size, 0);
 });
+
+Deno.test("delivered bytes are the UTF-8 size, for the snapshot and catch-up sends too", async () => {
+  const { b, counts } = broadcaster({ clientBufferBytes: 10 });
+  const payload = '{"é":"ü"}'; // 9 UTF-16 units, 11 UTF-8 bytes
+  b.broadcast(payload, 11);
+  const late = new FakeSocket();
+  b.add(late);
+  assert.deepEqual([counts.delivered, counts.bytes], [1, 11]);
+  late.stalled = true;
+  b.broadcast(payload, 11);
+  b.broadcast(payload, 11); // over the bound: kept as pending
+  assert.deepEqual([counts.delivered, counts.bytes], [2, 22]);
+  late.drain();
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  assert.deepEqual([counts.delivered, counts.bytes], [3, 33]);
+  b.closeAll(1001, "done");
+});
