@@ -55,22 +55,20 @@ export type RemovalReason = "closed" | "send_error" | "slow_consumer" | "shutdow
 
 interface Client {
   readonly socket: ClientSocket;
-  /** Newest payload not yet sent because the client was behind; null when up to date. */
-  pending: string | null;
   /** When the client first went over its bound (ms), or -1. */
   behindSince: number;
 }
 
 export class Broadcaster {
   readonly #clients = new Map<ClientSocket, Client>();
-  /** Clients holding a conflated payload; checked by the drain timer. */
+  /** Clients owed the latest payload because they were behind; checked by the drain timer. */
   readonly #behind = new Set<Client>();
   /** Why each socket was removed, so the close handler can count it once, by reason. */
   readonly #removedFor = new WeakMap<ClientSocket, RemovalReason>();
   readonly #options: Required<BroadcasterOptions>;
   readonly #events: BroadcasterEvents;
   #latest: string | null = null;
-  /** UTF-8 size of #latest; a conflated client's pending payload is always #latest. */
+  /** UTF-8 size of #latest, which is what a client that was behind is sent when it drains. */
   #latestBytes = 0;
   #drainTimer: ReturnType<typeof setInterval> | undefined;
 
@@ -101,7 +99,7 @@ export class Broadcaster {
    */
   add(socket: ClientSocket): void {
     if (this.#clients.has(socket)) return;
-    const client: Client = { socket, pending: null, behindSince: -1 };
+    const client: Client = { socket, behindSince: -1 };
     this.#clients.set(socket, client);
     if (this.#latest !== null && this.#deliver(client, this.#latest)) {
       this.#events.delivered?.(1, this.#latestBytes);
@@ -160,8 +158,8 @@ export class Broadcaster {
     }
     const queued = socket.bufferedAmount;
     if (queued > 0 && queued + payload.length > this.#options.clientBufferBytes) {
-      if (client.pending !== null) this.#events.conflated?.();
-      client.pending = payload;
+      // Already owed a payload: that one is now superseded.
+      if (this.#behind.has(client)) this.#events.conflated?.();
       if (client.behindSince < 0) client.behindSince = this.#options.now();
       this.#behind.add(client);
       if (this.#options.slowClientTimeoutMs === 0) {
@@ -204,11 +202,10 @@ export class Broadcaster {
         this.remove(socket, "closed");
         continue;
       }
-      const payload = client.pending!;
+      const payload = this.#latest!;
       const queued = socket.bufferedAmount;
       if (queued === 0 || queued + payload.length <= this.#options.clientBufferBytes) {
         this.#behind.delete(client);
-        client.pending = null;
         client.behindSince = -1;
         if (this.#send(client, payload)) this.#events.delivered?.(1, this.#latestBytes);
       } else if (now - client.behindSince >= this.#options.slowClientTimeoutMs) {
