@@ -35,8 +35,9 @@ export interface Config {
   readonly maxPayloadBytes: number;
   /**
    * GATEWAY_CLIENT_BUFFER_BYTES: bytes a client may have queued before the gateway stops
-   * sending to it and conflates (keeps only the newest snapshot for it). Default 256 KiB: ~32 snapshots of 8 KB; it bounds both memory (N × 256 KiB) and
-   * how old a lagging client's screen can get (what is queued is delivered before anything newer).
+   * sending to it and conflates (keeps only the newest snapshot for it). Default 256 KiB:
+   * ~32 snapshots of 8 KB; it bounds both memory (N × 256 KiB) and how old a lagging client's
+   * screen can get (what is queued is delivered before anything newer).
    */
   readonly clientBufferBytes: number;
   /**

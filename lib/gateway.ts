@@ -277,8 +277,8 @@ export async function startGateway(
     }
   }
 
-  /** Lag: stream sequences between the newest stored message and the last one received. */
   /**
+   * Lag: stream sequences between the newest stored message and the last one received.
    * Also a watchdog: a consumer that stays behind without receiving anything over two
    * measurements is replaced (seen with nats-server 2.9 after a stream was recreated: a pull
    * request waiting on a consumer with pending messages and nothing delivered).
