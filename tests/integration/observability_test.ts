@@ -1,8 +1,8 @@
 /** /metrics parsed by a real Prometheus text-format parser; values move as traffic flows. */
 import assert from "node:assert/strict";
-import parsePrometheusTextFormat from "parse-prometheus-text-format";
 import { startGateway } from "../../lib/gateway.ts";
 import { NatsServer } from "../helpers/nats_server.ts";
+import { scrape, value } from "../helpers/metrics.ts";
 import {
   Client,
   eventually,
@@ -11,34 +11,6 @@ import {
   signal,
   testConfig,
 } from "../helpers/fixtures.ts";
-
-interface Family {
-  name: string;
-  help: string;
-  type: string;
-  metrics: { value: string; labels?: Record<string, string> }[];
-}
-
-async function scrape(addr: Deno.NetAddr): Promise<Map<string, Family>> {
-  const response = await fetch(`http://${addr.hostname}:${addr.port}/metrics`);
-  assert.equal(response.status, 200);
-  const families = parsePrometheusTextFormat(await response.text()) as Family[];
-  return new Map(families.map((f) => [f.name, f]));
-}
-
-function value(
-  families: Map<string, Family>,
-  name: string,
-  labels: Record<string, string> = {},
-): number {
-  const family = families.get(name);
-  assert.ok(family, `metric ${name} missing`);
-  const sample = family.metrics.find((m) =>
-    Object.entries(labels).every(([k, v]) => m.labels?.[k] === v)
-  );
-  assert.ok(sample, `${name}${JSON.stringify(labels)} missing`);
-  return Number(sample.value);
-}
 
 const EXPECTED = [
   ["gateway_ws_connections", "GAUGE"],

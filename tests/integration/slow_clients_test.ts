@@ -1,6 +1,7 @@
 /** Slow and stalled clients: bounded memory, conflation, 4008, fast clients unaffected. */
 import assert from "node:assert/strict";
 import { NatsServer } from "../helpers/nats_server.ts";
+import { scrape, value } from "../helpers/metrics.ts";
 import { Client, eventually, Publisher } from "../helpers/fixtures.ts";
 import { GatewayProcess } from "../helpers/process.ts";
 import { RawPeer } from "../helpers/raw_ws.ts";
@@ -16,9 +17,7 @@ async function rssBytes(pid: number): Promise<number> {
 }
 
 async function metric(addr: Deno.NetAddr, name: string): Promise<number> {
-  const text = await (await fetch(`http://${addr.hostname}:${addr.port}/metrics`)).text();
-  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
-  return Number(line?.split(" ")[1] ?? NaN);
+  return value(await scrape(addr), name);
 }
 
 Deno.test("stalled clients are bounded, conflated and closed; normal clients get everything", async () => {
