@@ -4,7 +4,8 @@
  * 1 when the gateway cannot start or cannot go on, 2 for bad configuration.
  */
 import { ConfigError, ENV_VARIABLES, parseConfig, parseEnvFile } from "./lib/config.ts";
-import { startGateway } from "./lib/gateway.ts";
+import { startCluster } from "./lib/cluster.ts";
+import { type RunningGateway, startGateway } from "./lib/gateway.ts";
 import { createLogger } from "./lib/log.ts";
 
 type Env = Record<string, string | undefined>;
@@ -61,9 +62,11 @@ export async function main(args: readonly string[] = Deno.args): Promise<number>
   }
   if (args.includes("--health-check")) return await healthCheck(config.port);
   const logger = createLogger(config.logLevel);
-  let gateway;
+  let gateway: RunningGateway;
   try {
-    gateway = await startGateway(config, { logger });
+    gateway = config.workers > 1
+      ? await startCluster(config, logger)
+      : await startGateway(config, { logger });
   } catch (err) {
     logger.error("gateway failed to start", { error: err });
     return 1;

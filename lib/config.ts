@@ -67,6 +67,13 @@ export interface Config {
   readonly shutdownTimeoutMs: number;
   /** GATEWAY_LOG_LEVEL (or LOG_LEVEL): debug, info, warn or error. Default info. */
   readonly logLevel: LogLevel;
+  /**
+   * GATEWAY_WORKERS: isolates (threads) serving the port together, each with its own NATS
+   * consumer, cache and clients; the kernel spreads connections across them (SO_REUSEPORT).
+   * Default 1; `auto` means one per CPU. Limits such as GATEWAY_MAX_CONNECTIONS apply to the
+   * whole process (README "Using every core").
+   */
+  readonly workers: number;
 }
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -96,8 +103,12 @@ export const ENV_VARIABLES = [
   "GATEWAY_SHUTDOWN_TIMEOUT_MS",
   "GATEWAY_LOG_LEVEL",
   "LOG_LEVEL",
+  "GATEWAY_WORKERS",
   "GATEWAY_ENV_FILE",
 ] as const;
+
+/** The most isolates GATEWAY_WORKERS may ask for. */
+const MAX_WORKERS = 256;
 
 function readInteger(
   env: Env,
@@ -182,8 +193,22 @@ function parseHost(env: Env): string {
   return host;
 }
 
-/** Parses and validates the gateway's configuration; throws ConfigError naming the bad variable. */
-export function parseConfig(env: Env): Config {
+function parseWorkers(env: Env, cpus: number): number {
+  const raw = env.GATEWAY_WORKERS;
+  if (raw?.trim().toLowerCase() === "auto") return Math.max(1, Math.min(cpus, MAX_WORKERS));
+  if (raw !== undefined && raw.trim() !== "" && !/^\s*-?\d+\s*$/.test(raw)) {
+    throw new ConfigError(
+      `GATEWAY_WORKERS must be a number of workers or "auto": current value is "${raw}"`,
+    );
+  }
+  return readInteger(env, "GATEWAY_WORKERS", 1, 1, MAX_WORKERS);
+}
+
+/**
+ * Parses and validates the gateway's configuration; throws ConfigError naming the bad variable.
+ * `cpus` is what GATEWAY_WORKERS=auto resolves to.
+ */
+export function parseConfig(env: Env, cpus = navigator.hardwareConcurrency): Config {
   const natsUrl = env.NATS_URL?.trim() || "nats://localhost:4222";
   const portName = env.GATEWAY_PORT?.trim() ? "GATEWAY_PORT" : "PORT";
   const logLevelName = env.GATEWAY_LOG_LEVEL?.trim() ? "GATEWAY_LOG_LEVEL" : "LOG_LEVEL";
@@ -268,6 +293,7 @@ export function parseConfig(env: Env): Config {
       100,
     ),
     logLevel: logLevelRaw as LogLevel,
+    workers: parseWorkers(env, cpus),
   });
 }
 

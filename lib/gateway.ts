@@ -13,28 +13,46 @@ import {
 } from "./bus.ts";
 import type { Config } from "./config.ts";
 import { createLogger, type Logger, rateLimited } from "./log.ts";
-import { GatewayMetrics } from "./metrics.ts";
+import { GatewayMetrics, type MetricSnapshot, renderMetrics } from "./metrics.ts";
 import { checkPayload } from "./payload.ts";
-import { createHandler, type HealthReport } from "./server.ts";
+import { combineHealth, createHandler, type HealthReport } from "./server.ts";
 import { VERSION } from "./version.ts";
 
 /** How often consumer lag is measured. */
 const LAG_POLL_MS = 5_000;
 
-export interface Gateway extends AsyncDisposable {
+/** A running gateway as main.ts sees it: one isolate, or several (lib/cluster.ts). */
+export interface RunningGateway extends AsyncDisposable {
   /** Where the HTTP/WebSocket server listens. */
   readonly addr: Deno.NetAddr;
-  readonly metrics: GatewayMetrics;
   /** Resolves with the reason when the gateway cannot go on (e.g. NATS gone too long). */
   readonly failed: Promise<Error>;
   /** Closes every client with 1001, stops consuming, drains NATS. Idempotent. */
   shutdown(): Promise<void>;
 }
 
+/** One isolate's state, plain data: what /health and /metrics combine across workers. */
+export interface InstanceReport {
+  readonly health: HealthReport;
+  readonly metrics: MetricSnapshot[];
+}
+
+export interface Gateway extends RunningGateway {
+  readonly metrics: GatewayMetrics;
+  report(): InstanceReport;
+}
+
 export interface GatewayOptions {
   readonly logger?: Logger;
   /** How often consumer lag is measured (and a stalled consumer detected). Default 5 s. */
   readonly lagPollMs?: number;
+  /** Share the port with other isolates (SO_REUSEPORT); set by lib/cluster.ts. */
+  readonly reusePort?: boolean;
+  /**
+   * The reports of every isolate serving the port, this one's included; set by lib/cluster.ts
+   * so /health and /metrics describe the whole process whichever worker answers.
+   */
+  readonly allReports?: () => Promise<readonly InstanceReport[]>;
 }
 
 /** Raised when the listen address is outside what this build may bind. */
@@ -51,6 +69,7 @@ export async function startGateway(
   options: GatewayOptions = {},
 ): Promise<Gateway> {
   const logger = options.logger ?? createLogger(config.logLevel);
+  const { allReports } = options;
   const startedAt = Date.now();
   await checkNetPermissions(config);
 
@@ -130,6 +149,7 @@ export async function startGateway(
       {
         hostname: config.host,
         port: config.port,
+        ...(options.reusePort ? { reusePort: true } : {}),
         onListen: () => {},
         onError: (err) => {
           logger.error("http handler failed", { error: err });
@@ -140,7 +160,12 @@ export async function startGateway(
         broadcaster,
         metrics,
         logger,
-        health,
+        ...(allReports
+          ? {
+            health: async () => combineHealth((await allReports()).map((r) => r.health)),
+            metricsText: async () => renderMetrics((await allReports()).map((r) => r.metrics)),
+          }
+          : { health }),
         maxConnections: config.maxConnections,
         idleTimeoutSeconds: config.idleTimeoutSeconds,
         clientMaxFrameBytes: config.clientMaxFrameBytes,
@@ -345,6 +370,7 @@ export async function startGateway(
     addr: server.addr,
     metrics,
     failed,
+    report: () => ({ health: health(), metrics: metrics.snapshot() }),
     shutdown,
     [Symbol.asyncDispose]: shutdown,
   };

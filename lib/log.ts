@@ -74,3 +74,13 @@ export function rateLimited(
     suppressed = 0;
   };
 }
+
+/** A logger that adds `fields` to every line (e.g. which worker wrote it). */
+export function withFields(logger: Logger, fields: LogFields): Logger {
+  return {
+    debug: (msg, more) => logger.debug(msg, { ...fields, ...more }),
+    info: (msg, more) => logger.info(msg, { ...fields, ...more }),
+    warn: (msg, more) => logger.warn(msg, { ...fields, ...more }),
+    error: (msg, more) => logger.error(msg, { ...fields, ...more }),
+  };
+}

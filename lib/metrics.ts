@@ -17,30 +17,49 @@ function formatValue(value: number): string {
   return String(value);
 }
 
+/**
+ * How one metric of several isolates (GATEWAY_WORKERS) combines into the process's value:
+ * counters and connection counts add up; the others say which isolate's value stands.
+ */
+export type Aggregation = "sum" | "min" | "max";
+
+/** One metric's values, plain data that crosses between isolates with postMessage. */
+export interface MetricSnapshot {
+  readonly name: string;
+  readonly help: string;
+  readonly type: "counter" | "gauge";
+  readonly aggregation: Aggregation;
+  /** [rendered label set, value] pairs. */
+  readonly values: readonly (readonly [string, number])[];
+}
+
 abstract class Metric {
   protected readonly values = new Map<string, number>();
   constructor(
     readonly name: string,
     readonly help: string,
     readonly type: "counter" | "gauge",
+    readonly aggregation: Aggregation,
   ) {}
 
   get(labels?: Labels): number {
     return this.values.get(labelKey(labels)) ?? 0;
   }
 
-  render(): string {
-    const lines = [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} ${this.type}`];
-    for (const [key, value] of this.values) {
-      lines.push(`${this.name}${key} ${formatValue(value)}`);
-    }
-    return lines.join("\n");
+  snapshot(): MetricSnapshot {
+    const { name, help, type, aggregation } = this;
+    return { name, help, type, aggregation, values: [...this.values] };
   }
 }
 
 export class Counter extends Metric {
-  constructor(name: string, help: string, initialLabels: Labels[] = [{}]) {
-    super(name, help, "counter");
+  constructor(
+    name: string,
+    help: string,
+    initialLabels: Labels[] = [{}],
+    aggregation: Aggregation = "sum",
+  ) {
+    super(name, help, "counter", aggregation);
     for (const labels of initialLabels) this.values.set(labelKey(labels), 0);
   }
   inc(labels?: Labels, by = 1): void {
@@ -50,8 +69,13 @@ export class Counter extends Metric {
 }
 
 export class Gauge extends Metric {
-  constructor(name: string, help: string, private readonly collect?: () => number) {
-    super(name, help, "gauge");
+  constructor(
+    name: string,
+    help: string,
+    aggregation: Aggregation,
+    private readonly collect?: () => number,
+  ) {
+    super(name, help, "gauge", aggregation);
     this.values.set("", 0);
   }
   set(value: number, labels?: Labels): void {
@@ -61,9 +85,48 @@ export class Gauge extends Metric {
     if (this.collect && !labels) return this.collect();
     return super.get(labels);
   }
-  override render(): string {
+  override snapshot(): MetricSnapshot {
     if (this.collect) this.values.set("", this.collect());
-    return super.render();
+    return super.snapshot();
+  }
+}
+
+/**
+ * Prometheus text (format 0.0.4) for the metrics of one or more isolates, combined metric by
+ * metric and label set by label set according to each metric's aggregation.
+ */
+export function renderMetrics(isolates: readonly (readonly MetricSnapshot[])[]): string {
+  const merged = new Map<string, { first: MetricSnapshot; values: Map<string, number> }>();
+  for (const snapshots of isolates) {
+    for (const metric of snapshots) {
+      let entry = merged.get(metric.name);
+      if (!entry) merged.set(metric.name, entry = { first: metric, values: new Map() });
+      for (const [key, value] of metric.values) {
+        const seen = entry.values.get(key);
+        entry.values.set(
+          key,
+          seen === undefined ? value : combine(metric.aggregation, seen, value),
+        );
+      }
+    }
+  }
+  const blocks = [];
+  for (const { first, values } of merged.values()) {
+    const lines = [`# HELP ${first.name} ${first.help}`, `# TYPE ${first.name} ${first.type}`];
+    for (const [key, value] of values) lines.push(`${first.name}${key} ${formatValue(value)}`);
+    blocks.push(lines.join("\n"));
+  }
+  return blocks.join("\n") + "\n";
+}
+
+function combine(aggregation: Aggregation, a: number, b: number): number {
+  switch (aggregation) {
+    case "sum":
+      return a + b;
+    case "min":
+      return Math.min(a, b);
+    case "max":
+      return Math.max(a, b);
   }
 }
 
@@ -77,7 +140,11 @@ const CLOSE_REASONS = [
 ];
 const INVALID_REASONS = ["empty", "too_large", "invalid_utf8", "invalid_json", "not_object"];
 
-/** The gateway's metrics, named namespace_subsystem_name. */
+/**
+ * The gateway's metrics, named namespace_subsystem_name. With several workers, client-side
+ * figures add up, while NATS-side counters take the largest worker's value: every worker
+ * consumes the whole subject, so they count messages, not copies.
+ */
 export class GatewayMetrics {
   readonly connections: Gauge;
   readonly connectionsOpened = new Counter(
@@ -97,20 +164,26 @@ export class GatewayMetrics {
   readonly messagesReceived = new Counter(
     "gateway_nats_messages_received_total",
     "Messages received from the JetStream consumer.",
+    [{}],
+    "max",
   );
   readonly messagesRelayed = new Counter(
     "gateway_messages_relayed_total",
     "Valid messages accepted for fan-out (one per NATS message, not per client).",
+    [{}],
+    "max",
   );
   readonly messagesSkipped = new Counter(
     "gateway_nats_messages_skipped_total",
     "Messages not relayed although valid: superseded while catching up, or duplicates.",
     [{ reason: "superseded" }, { reason: "duplicate" }],
+    "max",
   );
   readonly invalidPayloads = new Counter(
     "gateway_invalid_payloads_total",
     "NATS payloads skipped as invalid, by reason.",
     INVALID_REASONS.map((reason) => ({ reason })),
+    "max",
   );
   readonly deliveries = new Counter(
     "gateway_ws_messages_sent_total",
@@ -138,39 +211,54 @@ export class GatewayMetrics {
   );
   readonly natsConnected = new Gauge(
     "gateway_nats_connected",
-    "1 while connected to NATS, else 0.",
+    "1 while connected to NATS (every worker, with GATEWAY_WORKERS > 1), else 0.",
+    "min",
   );
   readonly natsReconnects = new Counter(
     "gateway_nats_reconnects_total",
     "Reconnections to NATS after a disconnect.",
+    [{}],
+    "max",
   );
   readonly consumerRestarts = new Counter(
     "gateway_nats_consumer_restarts_total",
     "Times the JetStream consumer was recreated (deleted consumer, recreated stream, errors).",
+    [{}],
+    "max",
   );
   readonly lastMessageTimestamp = new Gauge(
     "gateway_last_message_timestamp_seconds",
-    "Unix time of the last relayed message (0 before the first).",
+    "Unix time of the last relayed message (0 before the first; the stalest worker's).",
+    "min",
   );
   readonly consumerPending = new Gauge(
     "gateway_nats_consumer_pending_messages",
-    "Messages in the stream not yet delivered to this gateway's consumer (lag).",
+    "Messages in the stream not yet delivered to this gateway's consumer (lag; the largest of the workers').",
+    "max",
   );
   readonly startTime = new Gauge(
     "gateway_process_start_time_seconds",
     "Unix time the gateway started.",
+    "min",
   );
 
   constructor(connectionCount: () => number) {
     this.connections = new Gauge(
       "gateway_ws_connections",
       "WebSocket clients connected now.",
+      "sum",
       connectionCount,
     );
   }
 
+  snapshot(): MetricSnapshot[] {
+    return Object.values(this).filter((m): m is Metric => m instanceof Metric).map((m) =>
+      m.snapshot()
+    );
+  }
+
+  /** This isolate's metrics as Prometheus text. */
   render(): string {
-    const metrics = Object.values(this).filter((m): m is Metric => m instanceof Metric);
-    return metrics.map((m) => m.render()).join("\n") + "\n";
+    return renderMetrics([this.snapshot()]);
   }
 }

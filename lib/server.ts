@@ -18,6 +18,41 @@ export interface HealthReport {
   readonly messages_relayed: number;
   readonly consumer_lag: number | null;
   readonly uptime_s: number;
+  /** With GATEWAY_WORKERS > 1: each worker's own view; the fields above combine them. */
+  readonly workers?: readonly WorkerHealth[];
+}
+
+export type WorkerHealth = Pick<
+  HealthReport,
+  "status" | "nats_connected" | "connections" | "last_message_ts" | "consumer_lag"
+>;
+
+/**
+ * One report for the process from each worker's: healthy only when every worker is; clients
+ * add up; the stalest last message and the largest lag stand for all (each worker relays
+ * every message, so messages_relayed is the count of messages, not of copies).
+ */
+export function combineHealth(reports: readonly HealthReport[]): HealthReport {
+  if (reports.length === 1) return reports[0];
+  const lastTimes = reports.map((r) => r.last_message_ts);
+  const lags = reports.map((r) => r.consumer_lag);
+  return {
+    ...reports[0],
+    status: reports.every((r) => r.status === "healthy") ? "healthy" : "unhealthy",
+    nats_connected: reports.every((r) => r.nats_connected),
+    connections: reports.reduce((sum, r) => sum + r.connections, 0),
+    last_message_ts: lastTimes.includes(null) ? null : Math.min(...(lastTimes as number[])),
+    messages_relayed: Math.max(...reports.map((r) => r.messages_relayed)),
+    consumer_lag: lags.includes(null) ? null : Math.max(...(lags as number[])),
+    uptime_s: Math.max(...reports.map((r) => r.uptime_s)),
+    workers: reports.map((r) => ({
+      status: r.status,
+      nats_connected: r.nats_connected,
+      connections: r.connections,
+      last_message_ts: r.last_message_ts,
+      consumer_lag: r.consumer_lag,
+    })),
+  };
 }
 
 /** The socket the server needs from an upgrade: a ClientSocket that also emits events. */
@@ -32,7 +67,10 @@ export interface HandlerDeps {
   readonly broadcaster: Broadcaster;
   readonly metrics: GatewayMetrics;
   readonly logger: Logger;
-  readonly health: () => HealthReport;
+  /** Async when it gathers the reports of several workers. */
+  readonly health: () => HealthReport | Promise<HealthReport>;
+  /** Prometheus text for /metrics; defaults to this isolate's metrics. */
+  readonly metricsText?: () => string | Promise<string>;
   /** Past this many clients (open or opening) upgrades get 503. 0: no limit. */
   readonly maxConnections: number;
   /** Seconds between server pings; 0 disables them. */
@@ -63,13 +101,19 @@ function text(body: string, status: number, headers: HeadersInit = {}): Response
   });
 }
 
-export function createHandler(deps: HandlerDeps): (request: Request) => Response {
+export type Handler = (request: Request) => Response | Promise<Response>;
+
+export function createHandler(deps: HandlerDeps): Handler {
   const upgrade: Upgrade = deps.upgrade ?? Deno.upgradeWebSocket;
+  const metricsText = deps.metricsText ?? (() => deps.metrics.render());
   const now = deps.now ?? Date.now;
   const logBadUpgrade = rateLimited(deps.logger.warn, 10_000);
   let opening = 0;
 
-  function readOnly(request: Request, respond: () => Response): Response {
+  function readOnly(
+    request: Request,
+    respond: () => Response | Promise<Response>,
+  ): Response | Promise<Response> {
     if (request.method === "OPTIONS") {
       return new Response(null, {
         status: 204,
@@ -168,39 +212,45 @@ export function createHandler(deps: HandlerDeps): (request: Request) => Response
     });
   }
 
-  return (request: Request): Response => {
+  return (request: Request) => {
     const path = new URL(request.url).pathname;
     switch (path) {
       case "/ws/stream":
         return stream(request);
-      case "/health": {
-        return readOnly(request, () => {
-          const report = deps.health();
-          return json(report, report.status === "healthy" ? 200 : 503);
-        });
-      }
+      case "/health":
+        return readOnly(
+          request,
+          () =>
+            then(deps.health(), (report) => json(report, report.status === "healthy" ? 200 : 503)),
+        );
       case "/livez":
         return readOnly(request, () => json({ status: "alive" }));
       case "/readyz":
-        return readOnly(request, () => {
-          const report = deps.health();
-          return json(
-            { status: report.status === "healthy" ? "ready" : "not ready" },
-            report.status === "healthy" ? 200 : 503,
-          );
-        });
+        return readOnly(request, () =>
+          then(deps.health(), (report) =>
+            json(
+              { status: report.status === "healthy" ? "ready" : "not ready" },
+              report.status === "healthy" ? 200 : 503,
+            )));
       case "/metrics":
         return readOnly(
           request,
           () =>
-            text(deps.metrics.render(), 200, {
-              "content-type": "text/plain; version=0.0.4; charset=utf-8",
-            }),
+            then(
+              metricsText(),
+              (body) =>
+                text(body, 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" }),
+            ),
         );
       default:
         return text("not found\n", 404);
     }
   };
+}
+
+/** Applies `f` at once to a plain value, or later to a promise's (single-isolate paths stay sync). */
+function then<T, U>(value: T | Promise<T>, f: (value: T) => U): U | Promise<U> {
+  return value instanceof Promise ? value.then(f) : f(value);
 }
 
 function isPing(data: string): boolean {

@@ -4,7 +4,12 @@
  * Deno downloads its runtime base binary (denort) on first use; where that cannot be
  * downloaded, point DENORT_BIN at a local copy. GATEWAY_COMPILE_TARGET cross-compiles.
  */
-import { parseHostList, permissionFlags, readPermissionSet } from "./permissions.ts";
+import {
+  parseHostList,
+  permissionFlags,
+  readPermissionSet,
+  readUnstableFlags,
+} from "./permissions.ts";
 
 export async function compileArgs(env: Record<string, string | undefined>): Promise<string[]> {
   const set = await readPermissionSet();
@@ -14,7 +19,19 @@ export async function compileArgs(env: Record<string, string | undefined>): Prom
   });
   const output = env.GATEWAY_COMPILE_OUTPUT || "dist/gateway";
   const target = env.GATEWAY_COMPILE_TARGET ? ["--target", env.GATEWAY_COMPILE_TARGET] : [];
-  return ["compile", "--no-prompt", ...flags, ...target, "--output", output, "main.ts"];
+  return [
+    "compile",
+    "--no-prompt",
+    ...flags,
+    ...(await readUnstableFlags()),
+    // Loaded with `new Worker` when GATEWAY_WORKERS > 1, so not found by static analysis.
+    "--include",
+    "lib/worker.ts",
+    ...target,
+    "--output",
+    output,
+    "main.ts",
+  ];
 }
 
 if (import.meta.main) {

@@ -27,6 +27,16 @@ export async function readPermissionSet(
   return set;
 }
 
+/** deno.json's `unstable` features as flags (`--unstable-net` for SO_REUSEPORT with workers). */
+export async function readUnstableFlags(
+  configPath = new URL("../deno.json", import.meta.url),
+): Promise<string[]> {
+  const config = JSON.parse(await Deno.readTextFile(configPath));
+  const features: unknown = config?.unstable ?? [];
+  if (!Array.isArray(features)) throw new Error(`deno.json "unstable" must be a list`);
+  return features.map((feature) => `--unstable-${feature}`);
+}
+
 /** Splits a comma-separated host list, refusing ports and schemes (hosts are scoped, not ports). */
 export function parseHostList(name: string, raw: string | undefined): string[] {
   if (raw === undefined || raw.trim() === "") return [];

@@ -8,6 +8,13 @@ export async function startTaskArgs(): Promise<string[]> {
   return args;
 }
 
+/**
+ * The line saying the process serves: "gateway listening" with one worker, "workers started"
+ * with several (each worker's own "gateway listening" line carries a "worker" field first).
+ */
+export const LISTENING_LINE =
+  /"msg":"(?:gateway listening|workers started)","addr":"([^"]+):(\d+)"/;
+
 export class GatewayProcess implements AsyncDisposable {
   readonly lines: string[] = [];
   readonly stderr: string[] = [];
@@ -31,7 +38,7 @@ export class GatewayProcess implements AsyncDisposable {
         buffer = parts.pop()!;
         for (const line of parts) {
           into.push(line);
-          const listening = /"msg":"gateway listening","addr":"([^"]+):(\d+)"/.exec(line);
+          const listening = LISTENING_LINE.exec(line);
           if (listening) {
             resolveAddr({ transport: "tcp", hostname: listening[1], port: Number(listening[2]) });
           }

@@ -5,7 +5,7 @@ import { compileArgs } from "../../scripts/compile.ts";
 import { permissionFlags, readPermissionSet } from "../../scripts/permissions.ts";
 import { NatsServer } from "../helpers/nats_server.ts";
 import { Client, Publisher, signal } from "../helpers/fixtures.ts";
-import { GatewayProcess, startTaskArgs } from "../helpers/process.ts";
+import { GatewayProcess, LISTENING_LINE, startTaskArgs } from "../helpers/process.ts";
 
 Deno.test("the permission set allows exactly the variables the gateway reads", async () => {
   const set = await readPermissionSet();
@@ -17,6 +17,8 @@ Deno.test("compile uses the same set, widened only by the build-time host lists"
   const set = await readPermissionSet();
   const plain = await compileArgs({});
   for (const flag of permissionFlags(set)) assert.ok(plain.includes(flag), flag);
+  assert.ok(plain.includes("--unstable-net"), "SO_REUSEPORT for GATEWAY_WORKERS");
+  assert.equal(plain[plain.indexOf("--include") + 1], "lib/worker.ts");
   assert.ok(!plain.some((a) => a === "-A" || a === "--allow-all" || a.startsWith("--allow-run")));
   const widened = await compileArgs({ GATEWAY_NATS_HOSTS: "nats-1.internal,10.0.0.7" });
   const net = widened.find((a) => a.startsWith("--allow-net="))!;
@@ -55,7 +57,7 @@ Deno.test("start flags: works against NATS on any port of an allowed host, by na
 
 const denort = Deno.env.get("DENORT_BIN");
 Deno.test({
-  name: "compile: the binary starts, reports health and relays a message",
+  name: "compile: the binary starts two workers, reports health and relays a message",
   ignore: !denort,
   async fn() {
     await using nats = await NatsServer.start();
@@ -70,7 +72,12 @@ Deno.test({
     }).output();
     assert.ok(compile.success, new TextDecoder().decode(compile.stderr));
     const binary = new Deno.Command(output, {
-      env: { NATS_URL: nats.url, GATEWAY_HOST: "127.0.0.1", GATEWAY_PORT: "0" },
+      env: {
+        NATS_URL: nats.url,
+        GATEWAY_HOST: "127.0.0.1",
+        GATEWAY_PORT: "0",
+        GATEWAY_WORKERS: "2",
+      },
       clearEnv: true,
       stdout: "piped",
       stderr: "piped",
@@ -82,12 +89,13 @@ Deno.test({
       const { value, done } = await reader.read();
       if (done) break;
       text += value;
-      match = /"addr":"[^"]+:(\d+)"/.exec(text);
+      match = LISTENING_LINE.exec(text);
     }
     assert.ok(match, text);
-    const addr: Deno.NetAddr = { transport: "tcp", hostname: "127.0.0.1", port: Number(match[1]) };
-    const health = await fetch(`http://127.0.0.1:${addr.port}/health`);
-    assert.equal((await health.json()).status, "healthy");
+    const addr: Deno.NetAddr = { transport: "tcp", hostname: "127.0.0.1", port: Number(match[2]) };
+    const health = await (await fetch(`http://127.0.0.1:${addr.port}/health`)).json();
+    assert.equal(health.status, "healthy");
+    assert.equal(health.workers.length, 2);
     await using publisher = await Publisher.connect(nats.url);
     await using client = await Client.open(addr);
     await publisher.publish(signal(1));

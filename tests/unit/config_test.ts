@@ -11,7 +11,14 @@ Deno.test("parseConfig gives the documented defaults for an empty environment", 
   assert.equal(config.stream, "LEVEL_SIGNALS");
   assert.equal(config.durableName, "");
   assert.equal(config.logLevel, "info");
+  assert.equal(config.workers, 1);
   assert.ok(Object.isFrozen(config));
+});
+
+Deno.test("parseConfig takes GATEWAY_WORKERS as a count or auto (one per CPU)", () => {
+  assert.equal(parseConfig({ GATEWAY_WORKERS: "3" }).workers, 3);
+  assert.equal(parseConfig({ GATEWAY_WORKERS: "auto" }, 16).workers, 16);
+  assert.equal(parseConfig({ GATEWAY_WORKERS: " AUTO " }, 2).workers, 2);
 });
 
 Deno.test("parseConfig accepts a comma-separated NATS server list", () => {
@@ -47,6 +54,11 @@ Deno.test("parseConfig names the variable and its value in every error", () => {
       'GATEWAY_LOG_LEVEL must be one of debug, info, warn, error: current value is "loud"',
     ],
     [{ GATEWAY_CLIENT_BUFFER_BYTES: "0" }, "GATEWAY_CLIENT_BUFFER_BYTES must be between 1"],
+    [{ GATEWAY_WORKERS: "0" }, 'GATEWAY_WORKERS must be between 1 and 256: current value is "0"'],
+    [
+      { GATEWAY_WORKERS: "many" },
+      'GATEWAY_WORKERS must be a number of workers or "auto": current value is "many"',
+    ],
     [
       { GATEWAY_MAX_PAYLOAD_BYTES: "1.5" },
       'Cannot parse GATEWAY_MAX_PAYLOAD_BYTES as an integer: current value is "1.5"',

@@ -30,7 +30,7 @@ function setup(overrides: { healthy?: boolean; maxConnections?: number } = {}) {
     consumer_lag: null,
     uptime_s: 0,
   });
-  const handler = createHandler({
+  const handle = createHandler({
     broadcaster,
     metrics,
     logger: recordingLogger(),
@@ -42,6 +42,8 @@ function setup(overrides: { healthy?: boolean; maxConnections?: number } = {}) {
     upgrade,
     now: () => now,
   });
+  /** The handler, always as a promise (routes answer synchronously with one worker). */
+  const handler = async (request: Request) => await handle(request);
   const open = (socket: FakeSocket) => socket.dispatchEvent(new Event("open"));
   return { handler, broadcaster, metrics, sockets, open, advance: (ms: number) => (now += ms) };
 }
@@ -51,7 +53,7 @@ const wsRequest = () =>
 
 Deno.test("GET /health answers the spec's JSON with CORS", async () => {
   const { handler } = setup();
-  const response = handler(new Request("http://gw/health"));
+  const response = await handler(new Request("http://gw/health"));
   assert.equal(response.status, 200);
   assert.equal(response.headers.get("access-control-allow-origin"), "*");
   const body = await response.json();
@@ -75,25 +77,25 @@ Deno.test("GET /health answers the spec's JSON with CORS", async () => {
 
 Deno.test("/health and /readyz answer 503 when unhealthy; /livez stays 200", async () => {
   const { handler } = setup({ healthy: false });
-  const health = handler(new Request("http://gw/health"));
+  const health = await handler(new Request("http://gw/health"));
   assert.equal(health.status, 503);
   assert.equal((await health.json()).status, "unhealthy");
-  assert.equal(handler(new Request("http://gw/readyz")).status, 503);
-  assert.equal(handler(new Request("http://gw/livez")).status, 200);
+  assert.equal((await handler(new Request("http://gw/readyz"))).status, 503);
+  assert.equal((await handler(new Request("http://gw/livez"))).status, 200);
 });
 
-Deno.test("unknown paths get 404, wrong methods 405, preflight 204", () => {
+Deno.test("unknown paths get 404, wrong methods 405, preflight 204", async () => {
   const { handler } = setup();
-  assert.equal(handler(new Request("http://gw/nope")).status, 404);
-  assert.equal(handler(new Request("http://gw/health", { method: "POST" })).status, 405);
-  const preflight = handler(new Request("http://gw/health", { method: "OPTIONS" }));
+  assert.equal((await handler(new Request("http://gw/nope"))).status, 404);
+  assert.equal((await handler(new Request("http://gw/health", { method: "POST" }))).status, 405);
+  const preflight = await handler(new Request("http://gw/health", { method: "OPTIONS" }));
   assert.equal(preflight.status, 204);
   assert.equal(preflight.headers.get("access-control-allow-origin"), "*");
 });
 
 Deno.test("/metrics serves Prometheus text", async () => {
   const { handler } = setup();
-  const response = handler(new Request("http://gw/metrics"));
+  const response = await handler(new Request("http://gw/metrics"));
   assert.equal(response.status, 200);
   assert.match(response.headers.get("content-type")!, /^text\/plain; version=0\.0\.4/);
   const text = await response.text();
@@ -102,7 +104,7 @@ Deno.test("/metrics serves Prometheus text", async () => {
 
 Deno.test("a plain GET on /ws/stream is a 400, never a crash", async () => {
   const { handler, metrics } = setup();
-  const response = handler(new Request("http://gw/ws/stream"));
+  const response = await handler(new Request("http://gw/ws/stream"));
   assert.equal(response.status, 400);
   assert.match(await response.text(), /WebSocket upgrade/);
   assert.equal(metrics.connectionsRejected.get({ reason: "bad_request" }), 1);
@@ -120,12 +122,12 @@ Deno.test("an upgraded socket joins the broadcaster on open and leaves on close"
   assert.equal(metrics.connectionsClosed.get({ reason: "client" }), 1);
 });
 
-Deno.test("past the connection limit upgrades get 503 with Retry-After", () => {
+Deno.test("past the connection limit upgrades get 503 with Retry-After", async () => {
   const { handler, sockets, open, metrics } = setup({ maxConnections: 2 });
   handler(wsRequest());
   handler(wsRequest());
   open(sockets[0]);
-  const refused = handler(wsRequest());
+  const refused = await handler(wsRequest());
   assert.equal(refused.status, 503);
   assert.equal(refused.headers.get("retry-after"), "5");
   assert.equal(metrics.connectionsRejected.get({ reason: "limit" }), 1);
