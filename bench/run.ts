@@ -4,10 +4,13 @@
  * and nats-server to CPU 1 (the task runs it under `taskset -c 1`).
  *
  * Options (env): BENCH_RELAYS=gateway,node,bun  BENCH_N_SMALL=1000  BENCH_N_BIG=5000
+ * A relay is `name[:workers][@cpus]`: `gateway:2@0-1` runs the gateway with GATEWAY_WORKERS=2
+ * pinned to CPUs 0-1 (default CPUs: BENCH_RELAY_CPUS, else 0).
  * BENCH_FIXED_SECONDS=10  BENCH_STEP_SECONDS=4  BENCH_RATES=25,50,100,...  BENCH_QUICK=1 (small run)
  * BENCH_PROFILE=1 (V8 CPU profile of the gateway in bench/results/profile/)
  * BENCH_CLIENT=c: load clients from bench/client.c (one epoll loop, compiled with cc) instead of
- * Deno WebSockets, for rates where a JS client saturates first.
+ * Deno WebSockets, for rates where a JS client saturates first. BENCH_CLIENT_PROCS=k splits the
+ * clients over k such processes, pinned round-robin to BENCH_CLIENT_CPUS (a taskset list).
  * Results: a table on stdout and JSON in bench/results/<timestamp>.json.
  */
 import { connect } from "@nats-io/transport-deno";
@@ -25,6 +28,17 @@ const FIXED_SECONDS = Number(env.BENCH_FIXED_SECONDS ?? (quick ? 3 : 10));
 const STEP_SECONDS = Number(env.BENCH_STEP_SECONDS ?? (quick ? 2 : 4));
 const RATES = (env.BENCH_RATES ?? "25,50,100,150,200,300,400,600,800").split(",").map(Number);
 const RELAYS = (env.BENCH_RELAYS ?? "gateway,node,bun").split(",");
+const RELAY_CPUS = env.BENCH_RELAY_CPUS ?? "0";
+const CLIENT_PROCS = Number(env.BENCH_CLIENT_PROCS ?? 1);
+const CLIENT_CPUS = env.BENCH_CLIENT_CPUS ? expandCpuList(env.BENCH_CLIENT_CPUS) : [];
+
+/** "0-2,5" → [0, 1, 2, 5] (taskset's list syntax). */
+function expandCpuList(list: string): number[] {
+  return list.split(",").flatMap((part) => {
+    const [from, to = from] = part.split("-").map(Number);
+    return Array.from({ length: to - from + 1 }, (_, i) => from + i);
+  });
+}
 const P99_LIMIT_MS = 250;
 const root = new URL("..", import.meta.url).pathname;
 const refs = `${root}bench/refs`;
@@ -108,7 +122,9 @@ class LoadClient {
 
 // ---------- relays ----------
 interface Relay {
+  /** As given in BENCH_RELAYS, e.g. `gateway:2@0-1`. */
   name: string;
+  kind: string;
   child: Deno.ChildProcess;
   pid: number;
   port: number;
@@ -122,6 +138,9 @@ function freePort(): number {
 }
 
 async function startRelay(name: string, natsUrl: string): Promise<Relay> {
+  const spec = /^([a-z]+)(?::(\d+))?(?:@([\d,-]+))?$/.exec(name);
+  if (!spec) throw new Error(`cannot parse relay ${name}: expected name[:workers][@cpus]`);
+  const [, kind, workers = "1", cpus = RELAY_CPUS] = spec;
   const port = freePort();
   const commands: Record<string, string[]> = {
     gateway: [
@@ -135,10 +154,10 @@ async function startRelay(name: string, natsUrl: string): Promise<Relay> {
     node: ["node", `${refs}/node_relay.mjs`],
     bun: [`${refs}/node_modules/.bin/bun`, `${refs}/bun_relay.ts`],
   };
-  const command = commands[name];
+  const command = commands[kind];
   if (!command) throw new Error(`unknown relay ${name}`);
   const child = new Deno.Command("taskset", {
-    args: ["-c", "0", ...command],
+    args: ["-c", cpus, ...command],
     cwd: root,
     env: {
       NATS_URL: natsUrl,
@@ -147,6 +166,7 @@ async function startRelay(name: string, natsUrl: string): Promise<Relay> {
       GATEWAY_HOST: "127.0.0.1",
       GATEWAY_LOG_LEVEL: "warn",
       GATEWAY_MAX_CONNECTIONS: "0",
+      GATEWAY_WORKERS: workers,
       NO_COLOR: "1",
     },
     stdout: "null",
@@ -164,13 +184,13 @@ async function startRelay(name: string, natsUrl: string): Promise<Relay> {
     if (Date.now() > deadline) throw new Error(`${name} relay did not start`);
     await new Promise((r) => setTimeout(r, 100));
   }
-  return { name, child, pid: child.pid, port };
+  return { name, kind, child, pid: child.pid, port };
 }
 
 async function stopRelay(relay: Relay): Promise<void> {
   try {
     // SIGTERM lets the gateway stop gracefully (and write its profile).
-    relay.child.kill(relay.name === "gateway" ? "SIGTERM" : "SIGKILL");
+    relay.child.kill(relay.kind === "gateway" ? "SIGTERM" : "SIGKILL");
   } catch {
     // gone
   }
@@ -359,15 +379,19 @@ interface CStats {
   snapshot: { count: number; p50: number; p99: number };
 }
 
+/** One process of bench/client.c, optionally pinned to a CPU. */
 class CClient {
   readonly child: Deno.ChildProcess;
   readonly #writer: WritableStreamDefaultWriter<Uint8Array>;
   readonly #lines: ReadableStreamDefaultReader<string>;
   #buffer = "";
 
-  constructor(binary: string, port: number, n: number) {
-    this.child = new Deno.Command(binary, {
-      args: [String(port), String(n)],
+  constructor(binary: string, port: number, n: number, cpu?: number) {
+    const command = cpu === undefined
+      ? [binary, String(port), String(n)]
+      : ["taskset", "-c", String(cpu), binary, String(port), String(n)];
+    this.child = new Deno.Command(command[0], {
+      args: command.slice(1),
       stdin: "piped",
       stdout: "piped",
       stderr: "inherit",
@@ -406,7 +430,64 @@ class CClient {
   }
 }
 
+/**
+ * BENCH_CLIENT_PROCS client processes sharing `n` connections. Stats add up; latency
+ * percentiles are the worst process's (conservative: the processes' samples are not merged).
+ */
+class CClientGroup {
+  readonly clients: CClient[];
+
+  constructor(binary: string, port: number, n: number) {
+    const procs = Math.max(1, Math.min(CLIENT_PROCS, n));
+    this.clients = Array.from({ length: procs }, (_, i) => {
+      const share = Math.floor(n / procs) + (i < n % procs ? 1 : 0);
+      const cpu = CLIENT_CPUS.length ? CLIENT_CPUS[i % CLIENT_CPUS.length] : undefined;
+      return new CClient(binary, port, share, cpu);
+    });
+  }
+
+  async ready(): Promise<void> {
+    await Promise.all(this.clients.map((c) => c.ready()));
+  }
+
+  async stats(): Promise<CStats> {
+    const all = await Promise.all(this.clients.map((c) => c.stats()));
+    const sum = (f: (s: CStats) => number) => all.reduce((total, s) => total + f(s), 0);
+    const worst = (f: (s: CStats) => number) => Math.max(...all.map(f));
+    return {
+      received: sum((s) => s.received),
+      gaps: sum((s) => s.gaps),
+      outOfOrder: sum((s) => s.outOfOrder),
+      open: sum((s) => s.open),
+      closed: sum((s) => s.closed),
+      latency: {
+        count: sum((s) => s.latency.count),
+        p50: worst((s) => s.latency.p50),
+        p99: worst((s) => s.latency.p99),
+        p999: worst((s) => s.latency.p999),
+        max: worst((s) => s.latency.max),
+      },
+      snapshot: {
+        count: sum((s) => s.snapshot.count),
+        p50: worst((s) => s.snapshot.p50),
+        p99: worst((s) => s.snapshot.p99),
+      },
+    };
+  }
+
+  /** CPU seconds of each client process (taskset execs the client, so the pid is the client's). */
+  cpuSeconds(): number[] {
+    return this.clients.map((c) => cpuSeconds(c.child.pid));
+  }
+
+  async quit(): Promise<void> {
+    await Promise.all(this.clients.map((c) => c.quit()));
+  }
+}
+
 async function buildCClient(): Promise<string> {
+  // A prebuilt client (e.g. a static build carried to a machine without a compiler).
+  if (env.BENCH_CLIENT_BIN) return env.BENCH_CLIENT_BIN;
   const output = `${root}bench/results/client`;
   await Deno.mkdir(`${root}bench/results`, { recursive: true });
   const { success } = await new Deno.Command("cc", {
@@ -419,14 +500,14 @@ async function buildCClient(): Promise<string> {
 async function fixedRateC(
   relay: Relay,
   publisher: Publisher,
-  client: CClient,
+  client: CClientGroup,
   clients: number,
   rate: number,
   seconds: number,
 ) {
   await client.stats(); // reset
   const relayCpu0 = cpuSeconds(relay.pid);
-  const clientCpu0 = cpuSeconds(client.child.pid);
+  const clientCpu0 = client.cpuSeconds();
   const t0 = performance.now();
   const { first, last } = await publisher.run(rate, seconds);
   const expected = (last - first + 1) * clients;
@@ -458,7 +539,8 @@ async function fixedRateC(
     deliveriesPerSecond: total.received / seconds,
     latencyMs: { ...main, max: Math.max(...latencies.map((l) => l.max)) },
     relayCpu: (cpuSeconds(relay.pid) - relayCpu0) / elapsed,
-    clientCpu: (cpuSeconds(client.child.pid) - clientCpu0) / elapsed,
+    // The busiest client process: near 1.0 means the load client, not the relay, is the limit.
+    clientCpu: Math.max(...client.cpuSeconds().map((cpu, i) => (cpu - clientCpu0[i]) / elapsed)),
     relayRssMb: rssMb(relay.pid),
   };
 }
@@ -470,7 +552,7 @@ async function benchRelayC(name: string, natsUrl: string, publisher: Publisher, 
     publisher.publishOne();
     await new Promise((r) => setTimeout(r, 500));
     const rssIdle0 = rssMb(relay.pid);
-    const big = new CClient(binary, relay.port, N_BIG);
+    const big = new CClientGroup(binary, relay.port, N_BIG);
     await big.ready();
     let stats = await big.stats();
     const deadline = performance.now() + 10_000;
@@ -489,7 +571,7 @@ async function benchRelayC(name: string, natsUrl: string, publisher: Publisher, 
     result.fixedBig = await fixedRateC(relay, publisher, big, N_BIG, 4, FIXED_SECONDS);
     console.error(`${name}: ${N_BIG} clients × 4 msg/s done (C client)`);
     await big.quit();
-    const small = new CClient(binary, relay.port, N_SMALL);
+    const small = new CClientGroup(binary, relay.port, N_SMALL);
     await small.ready();
     await new Promise((r) => setTimeout(r, 500));
     result.fixedSmall = await fixedRateC(relay, publisher, small, N_SMALL, 4, FIXED_SECONDS);
@@ -519,7 +601,7 @@ if (import.meta.main) {
   const cClient = env.BENCH_CLIENT === "c" ? await buildCClient() : undefined;
   const results = [];
   for (const name of RELAYS) {
-    if (name !== "gateway") {
+    if (!name.startsWith("gateway")) {
       try {
         await Deno.stat(`${refs}/node_modules`);
       } catch {
@@ -569,6 +651,7 @@ if (import.meta.main) {
   const gateway = byName.get("gateway");
   if (gateway) {
     for (const other of names.filter((n) => n !== "gateway")) {
+      if (byName.get(other)?.maxDeliveriesPerSecond === undefined) continue;
       const o = byName.get(other)!;
       console.log(
         `ratio gateway/${other}: max deliveries ${
