@@ -208,6 +208,11 @@ export interface ConsumerOptions {
   readonly onInterrupted?: (reason: string) => void;
   /** Filled in by consumeSubject: lets the caller replace a consumer it judges stalled. */
   readonly control?: { restart?: (reason: string) => void };
+  /**
+   * The subject's newest stream sequence when the caller has just read it (the gateway seeds
+   * its cache from it): the first consumer starts there instead of asking the stream again.
+   */
+  readonly knownNewest?: number;
 }
 
 /**
@@ -248,7 +253,9 @@ export async function* consumeSubject(
         // The first start follows the gateway's own ensureStreams; later ones may follow a
         // deleted stream, which is recreated as at startup.
         if (restarts > 0) await ensureStreams(jsm, options.logger);
-        const newestAtStart = await newestSequence(jsm, options);
+        const newestAtStart = restarts === 0 && options.knownNewest !== undefined
+          ? options.knownNewest
+          : await newestSequence(jsm, options);
         const consumer = await openConsumer(js, jsm, options, newestAtStart);
         messages = await consumer.consume({ max_messages: 256 });
         if (restartReason !== "" || signal.aborted) messages.stop();

@@ -260,6 +260,7 @@ export async function startGateway(
           onRestart: () => metrics.consumerRestarts.inc(),
           onInterrupted: () => (consumerActive = false),
           control: consumerControl,
+          ...(seededSequence > 0 ? { knownNewest: seededSequence } : {}),
           onConsuming: () => {
             consumerActive = true;
             consuming.resolve();
