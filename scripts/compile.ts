@@ -22,6 +22,8 @@ export async function compileArgs(env: Record<string, string | undefined>): Prom
   return [
     "compile",
     "--no-prompt",
+    // Only the npm packages the gateway imports; test tools in deno.json would add 13 MB.
+    "--exclude-unused-npm",
     ...flags,
     ...(await readUnstableFlags()),
     // Loaded with `new Worker` when GATEWAY_WORKERS > 1, so not found by static analysis.

@@ -18,6 +18,7 @@ Deno.test("compile uses the same set, widened only by the build-time host lists"
   const plain = await compileArgs({});
   for (const flag of permissionFlags(set)) assert.ok(plain.includes(flag), flag);
   assert.ok(plain.includes("--unstable-net"), "SO_REUSEPORT for GATEWAY_WORKERS");
+  assert.ok(plain.includes("--exclude-unused-npm"), "no test-only npm packages in the binary");
   assert.equal(plain[plain.indexOf("--include") + 1], "lib/worker.ts");
   assert.ok(!plain.some((a) => a === "-A" || a === "--allow-all" || a.startsWith("--allow-run")));
   const widened = await compileArgs({ GATEWAY_NATS_HOSTS: "nats-1.internal,10.0.0.7" });
