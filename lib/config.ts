@@ -74,6 +74,12 @@ export interface Config {
    * whole process (README "Using every core").
    */
   readonly workers: number;
+  /**
+   * GATEWAY_AUTH_TOKENS: comma-separated tokens, each at least 16 printable characters. Empty
+   * (the default): /ws/stream is open to all. Otherwise a client must present one of them as
+   * `?token=` or `Authorization: Bearer`, or is closed with 1008 before it gets any data.
+   */
+  readonly authTokens: readonly string[];
 }
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -104,8 +110,12 @@ export const ENV_VARIABLES = [
   "GATEWAY_LOG_LEVEL",
   "LOG_LEVEL",
   "GATEWAY_WORKERS",
+  "GATEWAY_AUTH_TOKENS",
   "GATEWAY_ENV_FILE",
 ] as const;
+
+/** Shortest accepted auth token: long enough that guessing is hopeless. */
+const MIN_TOKEN_LENGTH = 16;
 
 /** The most isolates GATEWAY_WORKERS may ask for. */
 const MAX_WORKERS = 256;
@@ -204,6 +214,23 @@ function parseWorkers(env: Env, cpus: number): number {
   return readInteger(env, "GATEWAY_WORKERS", 1, 1, MAX_WORKERS);
 }
 
+/** Tokens are secrets: errors say which entry is wrong, never its value. */
+function parseAuthTokens(env: Env): string[] {
+  const raw = env.GATEWAY_AUTH_TOKENS;
+  if (raw === undefined || raw.trim() === "") return [];
+  const tokens = raw.split(",").map((t) => t.trim());
+  tokens.forEach((token, index) => {
+    if (token.length < MIN_TOKEN_LENGTH || !/^[\x21-\x7e]+$/.test(token)) {
+      throw new ConfigError(
+        `GATEWAY_AUTH_TOKENS must be a comma-separated list of tokens of at least ${MIN_TOKEN_LENGTH} printable characters without spaces: entry ${
+          index + 1
+        } of ${tokens.length} is not (its value is not shown: it is a secret)`,
+      );
+    }
+  });
+  return tokens;
+}
+
 /**
  * Parses and validates the gateway's configuration; throws ConfigError naming the bad variable.
  * `cpus` is what GATEWAY_WORKERS=auto resolves to.
@@ -294,6 +321,7 @@ export function parseConfig(env: Env, cpus = navigator.hardwareConcurrency): Con
     ),
     logLevel: logLevelRaw as LogLevel,
     workers: parseWorkers(env, cpus),
+    authTokens: Object.freeze(parseAuthTokens(env)),
   });
 }
 

@@ -167,6 +167,7 @@ export async function startGateway(
           }
           : { health }),
         maxConnections: config.maxConnections,
+        authTokens: config.authTokens,
         idleTimeoutSeconds: config.idleTimeoutSeconds,
         clientMaxFrameBytes: config.clientMaxFrameBytes,
         clientMaxFramesPerSecond: config.clientMaxFramesPerSecond,

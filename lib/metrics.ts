@@ -154,7 +154,7 @@ export class GatewayMetrics {
   readonly connectionsRejected = new Counter(
     "gateway_ws_connections_rejected_total",
     "WebSocket upgrades refused, by reason.",
-    [{ reason: "limit" }, { reason: "bad_request" }],
+    [{ reason: "limit" }, { reason: "bad_request" }, { reason: "unauthorized" }],
   );
   readonly connectionsClosed = new Counter(
     "gateway_ws_connections_closed_total",

@@ -73,6 +73,8 @@ export interface HandlerDeps {
   readonly metricsText?: () => string | Promise<string>;
   /** Past this many clients (open or opening) upgrades get 503. 0: no limit. */
   readonly maxConnections: number;
+  /** Tokens a client must present (`?token=` or `Authorization: Bearer`); empty: none needed. */
+  readonly authTokens?: readonly string[];
   /** Seconds between server pings; 0 disables them. */
   readonly idleTimeoutSeconds: number;
   readonly clientMaxFrameBytes: number;
@@ -108,6 +110,7 @@ export function createHandler(deps: HandlerDeps): Handler {
   const metricsText = deps.metricsText ?? (() => deps.metrics.render());
   const now = deps.now ?? Date.now;
   const logBadUpgrade = rateLimited(deps.logger.warn, 10_000);
+  const logUnauthorized = rateLimited(deps.logger.warn, 10_000);
   let opening = 0;
 
   function readOnly(
@@ -135,6 +138,8 @@ export function createHandler(deps: HandlerDeps): Handler {
       deps.metrics.connectionsRejected.inc({ reason: "limit" });
       return text("connection limit reached\n", 503, { "retry-after": "5" });
     }
+    // Read before the upgrade: Deno closes the request's headers once it has upgraded.
+    const allowed = authorized(request);
     let upgraded: ReturnType<Upgrade>;
     try {
       upgraded = upgrade(request, { idleTimeout: deps.idleTimeoutSeconds });
@@ -143,9 +148,31 @@ export function createHandler(deps: HandlerDeps): Handler {
       logBadUpgrade("bad websocket upgrade request", { error: err });
       return text("expected a WebSocket upgrade request\n", 400);
     }
+    if (!allowed) {
+      // Accepted, then closed with 1008 before any data: a browser sees a close code, which a
+      // refused handshake would not give it.
+      deps.metrics.connectionsRejected.inc({ reason: "unauthorized" });
+      logUnauthorized("websocket client without a valid token closed");
+      upgraded.socket.addEventListener("open", () => {
+        upgraded.socket.close(CloseCode.policyViolation, "unauthorized");
+      });
+      return upgraded.response;
+    }
     opening++;
     attach(upgraded.socket);
     return upgraded.response;
+  }
+
+  function authorized(request: Request): boolean {
+    const tokens = deps.authTokens ?? [];
+    if (tokens.length === 0) return true;
+    const bearer = /^Bearer\s+(\S+)$/i.exec(request.headers.get("authorization") ?? "")?.[1];
+    const given = bearer ?? new URL(request.url).searchParams.get("token");
+    if (given === null) return false;
+    // Compare with every token, in time that does not depend on where a guess first differs.
+    let match = false;
+    for (const token of tokens) match = constantTimeEqual(given, token) || match;
+    return match;
   }
 
   function attach(socket: UpgradedSocket): void {
@@ -246,6 +273,12 @@ export function createHandler(deps: HandlerDeps): Handler {
         return text("not found\n", 404);
     }
   };
+}
+
+function constantTimeEqual(a: string, b: string): boolean {
+  let difference = a.length ^ b.length;
+  for (let i = 0; i < b.length; i++) difference |= (a.charCodeAt(i) | 0) ^ b.charCodeAt(i);
+  return difference === 0;
 }
 
 /** Applies `f` at once to a plain value, or later to a promise's (single-isolate paths stay sync). */

@@ -12,6 +12,7 @@ Deno.test("parseConfig gives the documented defaults for an empty environment", 
   assert.equal(config.durableName, "");
   assert.equal(config.logLevel, "info");
   assert.equal(config.workers, 1);
+  assert.deepEqual(config.authTokens, []);
   assert.ok(Object.isFrozen(config));
 });
 
@@ -31,6 +32,22 @@ Deno.test("parseConfig takes PORT when GATEWAY_PORT is unset, GATEWAY_PORT first
   assert.equal(parseConfig({ PORT: "9000" }).port, 9000);
   assert.equal(parseConfig({ PORT: "9000", GATEWAY_PORT: "9100" }).port, 9100);
   assert.equal(parseConfig({ GATEWAY_PORT: "0" }).port, 0);
+});
+
+Deno.test("parseConfig reads GATEWAY_AUTH_TOKENS and never echoes a token in an error", () => {
+  const good = "a".repeat(16);
+  assert.deepEqual(parseConfig({ GATEWAY_AUTH_TOKENS: ` ${good} , ${good}b` }).authTokens, [
+    good,
+    `${good}b`,
+  ]);
+  for (const bad of ["short-secret", `${good},`, `${good},with space in it!!`]) {
+    assert.throws(() => parseConfig({ GATEWAY_AUTH_TOKENS: bad }), (err) => {
+      assert.ok(err instanceof ConfigError);
+      assert.match(err.message, /^GATEWAY_AUTH_TOKENS must be .* entry \d of \d is not/);
+      assert.ok(!err.message.includes("short-secret") && !err.message.includes("in it!!"));
+      return true;
+    });
+  }
 });
 
 Deno.test("parseConfig names the variable and its value in every error", () => {

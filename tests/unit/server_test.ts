@@ -5,7 +5,9 @@ import { createHandler, type HealthReport, type Upgrade } from "../../lib/server
 import { FakeSocket } from "../helpers/fake_socket.ts";
 import { recordingLogger } from "../helpers/fixtures.ts";
 
-function setup(overrides: { healthy?: boolean; maxConnections?: number } = {}) {
+function setup(
+  overrides: { healthy?: boolean; maxConnections?: number; authTokens?: string[] } = {},
+) {
   const broadcaster = new Broadcaster({ clientBufferBytes: 1000, slowClientTimeoutMs: 1000 });
   const metrics = new GatewayMetrics(() => broadcaster.size);
   const sockets: FakeSocket[] = [];
@@ -36,6 +38,7 @@ function setup(overrides: { healthy?: boolean; maxConnections?: number } = {}) {
     logger: recordingLogger(),
     health,
     maxConnections: overrides.maxConnections ?? 0,
+    authTokens: overrides.authTokens,
     idleTimeoutSeconds: 30,
     clientMaxFrameBytes: 64,
     clientMaxFramesPerSecond: 3,
@@ -48,8 +51,12 @@ function setup(overrides: { healthy?: boolean; maxConnections?: number } = {}) {
   return { handler, broadcaster, metrics, sockets, open, advance: (ms: number) => (now += ms) };
 }
 
-const wsRequest = () =>
-  new Request("http://gw/ws/stream", { headers: { upgrade: "websocket", connection: "Upgrade" } });
+const signalText = '{"seq":1}';
+
+const wsRequest = (query = "", headers: Record<string, string> = {}) =>
+  new Request(`http://gw/ws/stream${query}`, {
+    headers: { upgrade: "websocket", connection: "Upgrade", ...headers },
+  });
 
 Deno.test("GET /health answers the spec's JSON with CORS", async () => {
   const { handler } = setup();
@@ -172,4 +179,29 @@ Deno.test("a close dispatched twice (idle timeout, then 1005) is counted once, a
   sockets[0].dispatchEvent(new CloseEvent("close", { code: 1005 }));
   assert.equal(metrics.connectionsClosed.get({ reason: "idle_timeout" }), 1);
   assert.equal(metrics.connectionsClosed.get({ reason: "client" }), 0);
+});
+
+Deno.test("with GATEWAY_AUTH_TOKENS a client needs a token, else 1008 before any data", () => {
+  const token = "s3cret-token-0123456789";
+  const { handler, broadcaster, sockets, open, metrics } = setup({
+    authTokens: ["other-token-abcdefgh", token],
+  });
+  broadcaster.broadcast(signalText);
+  handler(wsRequest());
+  handler(wsRequest("?token=wrong-token-0123456789"));
+  handler(wsRequest(`?token=${token}`));
+  handler(wsRequest("", { authorization: `Bearer ${token}` }));
+  for (const socket of sockets) open(socket);
+  const [none, wrong, query, bearer] = sockets;
+  for (const refused of [none, wrong]) {
+    assert.deepEqual(refused.closedWith, { code: 1008, reason: "unauthorized" });
+    assert.deepEqual(refused.sent, [], "no snapshot for an unauthorized client");
+  }
+  for (const accepted of [query, bearer]) {
+    assert.equal(accepted.closedWith, undefined);
+    assert.deepEqual(accepted.sent, [signalText]);
+  }
+  assert.equal(broadcaster.size, 2);
+  assert.equal(metrics.connectionsRejected.get({ reason: "unauthorized" }), 2);
+  assert.equal(metrics.connectionsOpened.get(), 2);
 });
