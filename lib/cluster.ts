@@ -102,7 +102,9 @@ export async function startCluster(config: Config, logger: Logger): Promise<Runn
         );
       }
     });
-    handle.post({ type: "start", config: { ...workerConfig, port }, index });
+    // Every worker sees every invalid payload; one of them dead-letters it.
+    const deadLetterSubject = index === 0 ? config.deadLetterSubject : "";
+    handle.post({ type: "start", config: { ...workerConfig, port, deadLetterSubject }, index });
     return handle;
   };
 

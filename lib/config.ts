@@ -80,6 +80,12 @@ export interface Config {
    * `?token=` or `Authorization: Bearer`, or is closed with 1008 before it gets any data.
    */
   readonly authTokens: readonly string[];
+  /**
+   * GATEWAY_DEAD_LETTER_SUBJECT: invalid payloads are also published here, unchanged, with
+   * headers saying why and where they came from. Default empty: skipped and counted only.
+   * Must differ from GATEWAY_SUBJECT.
+   */
+  readonly deadLetterSubject: string;
 }
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -111,6 +117,7 @@ export const ENV_VARIABLES = [
   "LOG_LEVEL",
   "GATEWAY_WORKERS",
   "GATEWAY_AUTH_TOKENS",
+  "GATEWAY_DEAD_LETTER_SUBJECT",
   "GATEWAY_ENV_FILE",
 ] as const;
 
@@ -247,18 +254,31 @@ export function parseConfig(env: Env, cpus = navigator.hardwareConcurrency): Con
       }"`,
     );
   }
+  const subject = readMatching(
+    env,
+    "GATEWAY_SUBJECT",
+    "levels.signals",
+    SUBJECT_PATTERN,
+    "a NATS subject without wildcards",
+  );
+  const deadLetterSubject = readMatching(
+    env,
+    "GATEWAY_DEAD_LETTER_SUBJECT",
+    "",
+    SUBJECT_PATTERN,
+    "a NATS subject without wildcards",
+  );
+  if (deadLetterSubject === subject) {
+    throw new ConfigError(
+      `GATEWAY_DEAD_LETTER_SUBJECT must differ from GATEWAY_SUBJECT, or invalid payloads would be relayed again: current value is "${env.GATEWAY_DEAD_LETTER_SUBJECT}"`,
+    );
+  }
   return Object.freeze({
     natsUrl,
     natsServers: Object.freeze(parseNatsServers(natsUrl)),
     host: parseHost(env),
     port: readInteger(env, portName, 8000, 0, 65535),
-    subject: readMatching(
-      env,
-      "GATEWAY_SUBJECT",
-      "levels.signals",
-      SUBJECT_PATTERN,
-      "a NATS subject without wildcards",
-    ),
+    subject,
     stream: readMatching(
       env,
       "GATEWAY_STREAM",
@@ -322,6 +342,7 @@ export function parseConfig(env: Env, cpus = navigator.hardwareConcurrency): Con
     logLevel: logLevelRaw as LogLevel,
     workers: parseWorkers(env, cpus),
     authTokens: Object.freeze(parseAuthTokens(env)),
+    deadLetterSubject,
   });
 }
 

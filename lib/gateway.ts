@@ -1,5 +1,5 @@
 /** Wires config, NATS, the Broadcaster and the HTTP server into one running gateway. */
-import type { NatsConnection } from "@nats-io/transport-deno";
+import { headers, type NatsConnection } from "@nats-io/transport-deno";
 import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
 import { Broadcaster, CloseCode } from "./broadcaster.ts";
 import {
@@ -83,6 +83,7 @@ export async function startGateway(
 
   const metrics = new GatewayMetrics(() => broadcaster.size);
   const logSendError = rateLimited(logger.warn, 10_000);
+  const logDeadLetterFailure = rateLimited(logger.warn, 10_000);
   const broadcaster = new Broadcaster(
     {
       clientBufferBytes: config.clientBufferBytes,
@@ -251,6 +252,8 @@ export async function startGateway(
   async function relay(nc: NatsConnection): Promise<void> {
     const logInvalid = rateLimited(logger.warn, 10_000);
     let lastSequence = seededSequence;
+    /** A recreated consumer can deliver the newest message again; dead-letter it once. */
+    let lastDeadLettered = 0;
     try {
       for await (
         const message of consumeSubject(nc, {
@@ -278,6 +281,10 @@ export async function startGateway(
             bytes: message.data.byteLength,
             stream_seq: message.streamSequence,
           });
+          if (config.deadLetterSubject && message.streamSequence > lastDeadLettered) {
+            lastDeadLettered = message.streamSequence;
+            deadLetter(nc, message.data, checked.reason, message.streamSequence);
+          }
           continue;
         }
         // Older than the newest message at the consumer's (re)start: a superseded snapshot.
@@ -301,6 +308,22 @@ export async function startGateway(
         logger.error("relay stopped", { error: err });
         failWith(new Error(`relay stopped: ${errorMessage(err)}`, { cause: err }));
       }
+    }
+  }
+
+  /** Publishes an invalid payload, unchanged, to GATEWAY_DEAD_LETTER_SUBJECT with its story. */
+  function deadLetter(nc: NatsConnection, data: Uint8Array, reason: string, seq: number): void {
+    const h = headers();
+    h.set("Gateway-Reason", reason);
+    h.set("Gateway-Subject", config.subject);
+    h.set("Gateway-Stream", config.stream);
+    h.set("Gateway-Stream-Sequence", String(seq));
+    try {
+      nc.publish(config.deadLetterSubject, data, { headers: h });
+      metrics.deadLetters.inc();
+    } catch (err) {
+      // Too large for the server, or the connection is closing: the payload stays counted.
+      logDeadLetterFailure("dead-letter publish failed", { error: err, stream_seq: seq });
     }
   }
 

@@ -185,6 +185,10 @@ export class GatewayMetrics {
     INVALID_REASONS.map((reason) => ({ reason })),
     "max",
   );
+  readonly deadLetters = new Counter(
+    "gateway_dead_letters_total",
+    "Invalid payloads published to GATEWAY_DEAD_LETTER_SUBJECT.",
+  );
   readonly deliveries = new Counter(
     "gateway_ws_messages_sent_total",
     "Frames handed to WebSocket clients (one per client per message).",

@@ -86,6 +86,49 @@ Deno.test("malformed payloads are skipped and counted while the next valid one a
   assert.deepEqual(await late.waitFor(1), [signal(1)]);
 });
 
+Deno.test("GATEWAY_DEAD_LETTER_SUBJECT gets each invalid payload unchanged, with why and whence", async () => {
+  await using nats = await NatsServer.start();
+  await using gateway = await startGateway(
+    testConfig(nats.url, { GATEWAY_DEAD_LETTER_SUBJECT: "gateway.dead_letter" }),
+    { logger: recordingLogger() },
+  );
+  await using publisher = await Publisher.connect(nats.url);
+  const deadLetters = publisher.nc.subscribe("gateway.dead_letter", { max: 2 });
+  await publisher.nc.flush();
+  await using client = await Client.open(gateway.addr);
+  const notJson = await publisher.publish("not json");
+  const array = await publisher.publish("[1,2,3]");
+  await publisher.publish(signal(1));
+  assert.deepEqual(await client.waitFor(1), [signal(1)]);
+  const received = [];
+  for await (const m of deadLetters) {
+    received.push({
+      data: new TextDecoder().decode(m.data),
+      reason: m.headers?.get("Gateway-Reason"),
+      seq: m.headers?.get("Gateway-Stream-Sequence"),
+      subject: m.headers?.get("Gateway-Subject"),
+      stream: m.headers?.get("Gateway-Stream"),
+    });
+  }
+  assert.deepEqual(received, [
+    {
+      data: "not json",
+      reason: "invalid_json",
+      seq: String(notJson),
+      subject: "levels.signals",
+      stream: "LEVEL_SIGNALS",
+    },
+    {
+      data: "[1,2,3]",
+      reason: "not_object",
+      seq: String(array),
+      subject: "levels.signals",
+      stream: "LEVEL_SIGNALS",
+    },
+  ]);
+  assert.equal(gateway.metrics.deadLetters.get(), 2);
+});
+
 Deno.test("streams are created with the platform config and left alone on a second start", async () => {
   await using nats = await NatsServer.start();
   const logger = recordingLogger();

@@ -13,6 +13,7 @@ Deno.test("parseConfig gives the documented defaults for an empty environment", 
   assert.equal(config.logLevel, "info");
   assert.equal(config.workers, 1);
   assert.deepEqual(config.authTokens, []);
+  assert.equal(config.deadLetterSubject, "");
   assert.ok(Object.isFrozen(config));
 });
 
@@ -71,6 +72,14 @@ Deno.test("parseConfig names the variable and its value in every error", () => {
       'GATEWAY_LOG_LEVEL must be one of debug, info, warn, error: current value is "loud"',
     ],
     [{ GATEWAY_CLIENT_BUFFER_BYTES: "0" }, "GATEWAY_CLIENT_BUFFER_BYTES must be between 1"],
+    [
+      { GATEWAY_DEAD_LETTER_SUBJECT: "levels.signals" },
+      'GATEWAY_DEAD_LETTER_SUBJECT must differ from GATEWAY_SUBJECT, or invalid payloads would be relayed again: current value is "levels.signals"',
+    ],
+    [
+      { GATEWAY_DEAD_LETTER_SUBJECT: "dead.>" },
+      'GATEWAY_DEAD_LETTER_SUBJECT must be a NATS subject without wildcards: current value is "dead.>"',
+    ],
     [{ GATEWAY_WORKERS: "0" }, 'GATEWAY_WORKERS must be between 1 and 256: current value is "0"'],
     [
       { GATEWAY_WORKERS: "many" },
