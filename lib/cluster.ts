@@ -58,10 +58,14 @@ class WorkerHandle {
     return () => this.#listeners.delete(listener);
   }
 
-  /** The next message of one of `types`, or undefined after `timeoutMs`. */
+  /**
+   * The next message of one of `types` that `matches` accepts (e.g. the answer to one
+   * request among several in flight), or undefined after `timeoutMs`.
+   */
   next<T extends FromWorker["type"]>(
     types: readonly T[],
     timeoutMs: number,
+    matches: (message: Extract<FromWorker, { type: T }>) => boolean = () => true,
   ): Promise<Extract<FromWorker, { type: T }> | undefined> {
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
@@ -70,9 +74,11 @@ class WorkerHandle {
       }, timeoutMs);
       const off = this.on((message) => {
         if (!(types as readonly string[]).includes(message.type)) return;
+        const typed = message as Extract<FromWorker, { type: T }>;
+        if (!matches(typed)) return;
         clearTimeout(timer);
         off();
-        resolve(message as Extract<FromWorker, { type: T }>);
+        resolve(typed);
       });
     });
   }
@@ -126,15 +132,15 @@ export async function startCluster(config: Config, logger: Logger): Promise<Runn
     const id = nextRequestId++;
     const answers = await Promise.all(handles.map((handle) => {
       if (!handle.ready) return undefined;
-      const answer = handle.next(["report"], REPORT_TIMEOUT_MS);
+      const answer = handle.next(["report"], REPORT_TIMEOUT_MS, (m) => m.id === id);
       handle.post({ type: "report-request", id });
       return answer;
     }));
-    const reports = answers.flatMap((a) => (a && a.id === id ? [a.report] : []));
+    const reports = answers.flatMap((a) => (a ? [a.report] : []));
     const template = reports[0];
     if (template === undefined) return [];
     return answers.map((a) =>
-      a && a.id === id ? a.report : {
+      a ? a.report : {
         health: {
           ...template.health,
           status: "unhealthy" as const,

@@ -33,6 +33,14 @@ Deno.test("workers: two isolates on one port relay everything and report as one 
     assert.deepEqual(await client.waitFor(3), [signal(1), signal(2), signal(3)]);
   }
 
+  // Many at once: each answer gathers every worker's report, none mistaken for another's.
+  const concurrent = await Promise.all(
+    Array.from({ length: 20 }, async () => {
+      const r = await fetch(`http://127.0.0.1:${addr.port}/health`);
+      return (await r.json()).status;
+    }),
+  );
+  assert.deepEqual(concurrent, Array(20).fill("healthy"));
   const response = await fetch(`http://127.0.0.1:${addr.port}/health`);
   const health = await response.json();
   assert.equal(response.status, 200);
