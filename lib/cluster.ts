@@ -32,6 +32,8 @@ class WorkerHandle {
   readonly worker: Worker;
   /** Serving: it answers report requests. */
   ready = false;
+  /** Died of an uncaught error: nothing left to ask or stop. */
+  crashed = false;
   readonly #listeners = new Set<(message: FromWorker) => void>();
 
   constructor(readonly index: number, onCrash: (message: string) => void) {
@@ -45,6 +47,7 @@ class WorkerHandle {
     this.worker.onerror = (event) => {
       // Handled here: an uncaught error in a worker must not take the supervisor down with it.
       event.preventDefault();
+      this.crashed = true;
       onCrash(`worker ${index} crashed: ${event.message}`);
     };
   }
@@ -131,7 +134,7 @@ export async function startCluster(config: Config, logger: Logger): Promise<Runn
   async function gatherReports(): Promise<InstanceReport[]> {
     const id = nextRequestId++;
     const answers = await Promise.all(handles.map((handle) => {
-      if (!handle.ready) return undefined;
+      if (!handle.ready || handle.crashed) return undefined;
       const answer = handle.next(["report"], REPORT_TIMEOUT_MS, (m) => m.id === id);
       handle.post({ type: "report-request", id });
       return answer;
@@ -156,11 +159,13 @@ export async function startCluster(config: Config, logger: Logger): Promise<Runn
 
   async function stopAll(): Promise<void> {
     const bound = config.shutdownTimeoutMs + 1_000;
-    await Promise.all(handles.map((handle) => {
-      const stopped = handle.next(["stopped"], bound);
-      handle.post({ type: "shutdown" });
-      return stopped;
-    }));
+    await Promise.all(
+      handles.filter((h) => !h.crashed).map((handle) => {
+        const stopped = handle.next(["stopped"], bound);
+        handle.post({ type: "shutdown" });
+        return stopped;
+      }),
+    );
     for (const handle of handles) handle.worker.terminate();
   }
 
