@@ -648,16 +648,20 @@ if (import.meta.main) {
   for (const [label, get] of rows) {
     console.log(`| ${label} | ${names.map((n) => get(byName.get(n)!)).join(" | ")} |`);
   }
-  const gateway = byName.get("gateway");
-  if (gateway) {
-    for (const other of names.filter((n) => n !== "gateway")) {
-      if (byName.get(other)?.maxDeliveriesPerSecond === undefined) continue;
+  // Each gateway variant (gateway, gateway:8@0-7, …) against each reference relay.
+  const isGateway = (n: string) => n.startsWith("gateway");
+  for (const mine of names.filter(isGateway)) {
+    const gateway = byName.get(mine)!;
+    for (const other of names.filter((n) => !isGateway(n))) {
       const o = byName.get(other)!;
       console.log(
-        `ratio gateway/${other}: max deliveries ${
+        `ratio ${mine}/${other}: max deliveries ${
           fmt(gateway.maxDeliveriesPerSecond / o.maxDeliveriesPerSecond, 2)
         }, ` +
           `p99@${N_BIG} ${fmt(gateway.fixedBig?.latencyMs.p99 / o.fixedBig?.latencyMs.p99, 2)}, ` +
+          `snapshot p99 ${
+            fmt(gateway.snapshotAfterConnectMs?.p99 / o.snapshotAfterConnectMs?.p99, 2)
+          }, ` +
           `memory/conn ${fmt(gateway.memoryPerIdleConnectionKb / o.memoryPerIdleConnectionKb, 2)}`,
       );
     }
