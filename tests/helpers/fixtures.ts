@@ -3,6 +3,7 @@ import { connect, type NatsConnection } from "@nats-io/transport-deno";
 import { jetstream, type JetStreamClient } from "@nats-io/jetstream";
 import { type Config, parseConfig } from "../../lib/config.ts";
 import { createLogger, type Logger } from "../../lib/log.ts";
+import type { HealthReport } from "../../lib/server.ts";
 
 /** Config for a gateway on a free loopback port against `natsUrl`. */
 export function testConfig(natsUrl: string, env: Record<string, string> = {}): Config {
@@ -137,4 +138,10 @@ export async function eventually(
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
+}
+
+/** GET /health: the HTTP status and the parsed report. */
+export async function health(addr: Deno.NetAddr): Promise<{ status: number; body: HealthReport }> {
+  const response = await fetch(`http://${addr.hostname}:${addr.port}/health`);
+  return { status: response.status, body: await response.json() };
 }

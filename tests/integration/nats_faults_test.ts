@@ -6,19 +6,13 @@ import { NatsServer } from "../helpers/nats_server.ts";
 import {
   Client,
   eventually,
+  health,
   Publisher,
   recordingLogger,
   signal,
   testConfig,
 } from "../helpers/fixtures.ts";
 import { GatewayProcess } from "../helpers/process.ts";
-
-async function health(
-  addr: Deno.NetAddr,
-): Promise<{ status: number; body: Record<string, unknown> }> {
-  const response = await fetch(`http://${addr.hostname}:${addr.port}/health`);
-  return { status: response.status, body: await response.json() };
-}
 
 const RESTARTS = 3;
 

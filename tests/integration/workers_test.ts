@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { NatsServer } from "../helpers/nats_server.ts";
-import { Client, eventually, Publisher, signal } from "../helpers/fixtures.ts";
+import { Client, eventually, health, Publisher, signal } from "../helpers/fixtures.ts";
 import { scrape, value } from "../helpers/metrics.ts";
 import { GatewayProcess } from "../helpers/process.ts";
 
@@ -18,9 +18,7 @@ Deno.test("workers: two isolates on one port relay everything and report as one 
   await publisher.publish(signal(1));
   // last_message_ts stays null until every worker has relayed (and cached) a message.
   await eventually(
-    async () =>
-      (await (await fetch(`http://127.0.0.1:${addr.port}/health`)).json()).last_message_ts !==
-        null,
+    async () => (await health(addr)).body.last_message_ts !== null,
     "both workers to cache the first message",
   );
 
@@ -35,24 +33,18 @@ Deno.test("workers: two isolates on one port relay everything and report as one 
 
   // Many at once: each answer gathers every worker's report, none mistaken for another's.
   const concurrent = await Promise.all(
-    Array.from({ length: 20 }, async () => {
-      const r = await fetch(`http://127.0.0.1:${addr.port}/health`);
-      return (await r.json()).status;
-    }),
+    Array.from({ length: 20 }, async () => (await health(addr)).body.status),
   );
   assert.deepEqual(concurrent, Array(20).fill("healthy"));
-  const response = await fetch(`http://127.0.0.1:${addr.port}/health`);
-  const health = await response.json();
-  assert.equal(response.status, 200);
-  assert.equal(health.status, "healthy");
-  assert.equal(health.connections, CLIENTS);
-  assert.equal(health.workers.length, 2);
-  assert.equal(
-    health.workers.reduce((sum: number, w: { connections: number }) => sum + w.connections, 0),
-    CLIENTS,
-  );
+  const { status, body } = await health(addr);
+  assert.equal(status, 200);
+  assert.equal(body.status, "healthy");
+  assert.equal(body.connections, CLIENTS);
+  const workers = body.workers ?? [];
+  assert.equal(workers.length, 2);
+  assert.equal(workers.reduce((sum, w) => sum + w.connections, 0), CLIENTS);
   // The kernel spreads connections; 24 all landing on one worker would mean no spreading.
-  for (const worker of health.workers) assert.ok(worker.connections > 0, JSON.stringify(health));
+  for (const worker of workers) assert.ok(worker.connections > 0, JSON.stringify(body));
 
   const metrics = await scrape(addr);
   assert.equal(value(metrics, "gateway_ws_connections"), CLIENTS);
@@ -78,11 +70,11 @@ Deno.test("workers: a NATS outage past the limit stops every worker, exit 1", as
   const addr = await gateway.listening;
   const clients = await Promise.all(Array.from({ length: 8 }, () => Client.open(addr)));
   await nats.kill();
-  await eventually(async () => {
-    const response = await fetch(`http://127.0.0.1:${addr.port}/health`).catch(() => undefined);
-    await response?.body?.cancel();
-    return response?.status === 503;
-  }, "health to say unhealthy");
+  // The process may already be gone by the time a request lands: that is not a 503 yet.
+  await eventually(
+    async () => (await health(addr).catch(() => undefined))?.status === 503,
+    "health to say unhealthy",
+  );
   const closes = await Promise.all(clients.map((c) => c.closed));
   assert.deepEqual(closes.map((c) => c.code), Array(8).fill(1001));
   assert.equal((await gateway.status).code, 1);
