@@ -124,6 +124,9 @@ export const ENV_VARIABLES = [
 /** Shortest accepted auth token: long enough that guessing is hopeless. */
 const MIN_TOKEN_LENGTH = 16;
 
+/** What readInteger accepts (GATEWAY_WORKERS also takes "auto"). */
+const INTEGER_PATTERN = /^\s*-?\d+\s*$/;
+
 /** The most isolates GATEWAY_WORKERS may ask for. */
 const MAX_WORKERS = 256;
 
@@ -136,7 +139,7 @@ function readInteger(
 ): number {
   const raw = env[name];
   if (raw === undefined || raw.trim() === "") return fallback;
-  if (!/^\s*-?\d+\s*$/.test(raw)) {
+  if (!INTEGER_PATTERN.test(raw)) {
     throw new ConfigError(
       `Cannot parse ${name} as an integer: current value is "${raw}"`,
     );
@@ -213,7 +216,7 @@ function parseHost(env: Env): string {
 function parseWorkers(env: Env, cpus: number): number {
   const raw = env.GATEWAY_WORKERS;
   if (raw?.trim().toLowerCase() === "auto") return Math.max(1, Math.min(cpus, MAX_WORKERS));
-  if (raw !== undefined && raw.trim() !== "" && !/^\s*-?\d+\s*$/.test(raw)) {
+  if (raw !== undefined && raw.trim() !== "" && !INTEGER_PATTERN.test(raw)) {
     throw new ConfigError(
       `GATEWAY_WORKERS must be a number of workers or "auto": current value is "${raw}"`,
     );

@@ -1,4 +1,5 @@
 /** Entry point of one worker isolate (GATEWAY_WORKERS > 1); lib/cluster.ts supervises it. */
+import { errorMessage } from "./bus.ts";
 import type { FromWorker, ToWorker } from "./cluster.ts";
 import { type Gateway, type InstanceReport, startGateway } from "./gateway.ts";
 import { createLogger, withFields } from "./log.ts";
@@ -7,10 +8,6 @@ import { createLogger, withFields } from "./log.ts";
 interface WorkerScope {
   postMessage(message: FromWorker): void;
   onmessage: ((event: MessageEvent<ToWorker>) => void) | null;
-}
-
-function errorText(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }
 
 /** Runs one gateway as told by the supervisor's messages. */
@@ -36,11 +33,11 @@ export function runWorker(scope: WorkerScope): void {
         try {
           gateway = await startGateway(message.config, { logger, reusePort: true, allReports });
         } catch (err) {
-          scope.postMessage({ type: "start-failed", message: errorText(err) });
+          scope.postMessage({ type: "start-failed", message: errorMessage(err) });
           return;
         }
         gateway.failed.then((error) =>
-          scope.postMessage({ type: "failed", message: errorText(error) })
+          scope.postMessage({ type: "failed", message: errorMessage(error) })
         );
         scope.postMessage({ type: "ready", addr: gateway.addr });
         break;
