@@ -15,7 +15,7 @@
  */
 import { connect } from "@nats-io/transport-deno";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
-import { ensureStreams } from "../lib/bus.ts";
+import { ensureStreams } from "../lib/nats/streams.ts";
 import { createLogger } from "../lib/log.ts";
 import { NatsServer } from "../tests/helpers/nats_server.ts";
 import { levelsSignal } from "../tests/helpers/signals.ts";

@@ -3,6 +3,8 @@
  * Every default is documented here and nowhere else (README repeats the table).
  */
 
+import { redactUrl } from "./redact.ts";
+
 /** Raised when a variable holds a value the gateway cannot use. */
 export class ConfigError extends Error {
   constructor(message: string, options?: ErrorOptions) {
@@ -14,10 +16,43 @@ export class ConfigError extends Error {
 export type LogLevel = "debug" | "info" | "warn" | "error";
 
 export interface Config {
-  /** NATS_URL as given (shown by /health). Default `nats://localhost:4222`. */
+  /** NATS_URL as given (may hold credentials: never show it; show natsUrlRedacted). */
   readonly natsUrl: string;
-  /** NATS_URL split on commas; each entry is `nats://host:port`, `tls://host:port` or `host:port`. */
+  /** NATS_URL with passwords and tokens replaced by [REDACTED]: what /health and logs show. */
+  readonly natsUrlRedacted: string;
+  /**
+   * NATS_URL split on commas, credentials removed; each entry is `nats://host:port`,
+   * `tls://host:port` or `host:port`. Default `nats://localhost:4222`.
+   */
   readonly natsServers: readonly string[];
+  /** NATS_USER (or the user written in NATS_URL). Empty: none. */
+  readonly natsUser: string;
+  /** NATS_PASSWORD (or the password written in NATS_URL). A secret. */
+  readonly natsPassword: string;
+  /** NATS_TOKEN (or a lone token written in NATS_URL, `nats://token@host`). A secret. */
+  readonly natsToken: string;
+  /** NATS_NKEY: path to a user nkey seed file. Empty: none. */
+  readonly natsNkeyPath: string;
+  /** NATS_CREDS: path to a `.creds` file (user JWT + seed). Empty: none. */
+  readonly natsCredsPath: string;
+  /** NATS_CA: path to a PEM CA bundle the NATS server's certificate must chain to. */
+  readonly natsCaPath: string;
+  /** NATS_CERT: path to a PEM client certificate (with NATS_KEY) for TLS client auth. */
+  readonly natsCertPath: string;
+  /** NATS_KEY: path to the PEM private key of NATS_CERT. */
+  readonly natsKeyPath: string;
+  /**
+   * GATEWAY_CREATE_STREAMS: create the platform streams when missing (the spec's idempotent
+   * setup). Default true; false: the gateway creates and updates nothing (least privilege).
+   */
+  readonly createStreams: boolean;
+  /**
+   * GATEWAY_STREAM_REPLICAS: replicas of the streams the gateway creates. Default 0: auto,
+   * min(3, JetStream cluster size).
+   */
+  readonly streamReplicas: number;
+  /** GATEWAY_STRICT_CONFIG: unknown GATEWAY_* / NATS_* variables are an error, not a warning. */
+  readonly strictConfig: boolean;
   /** GATEWAY_HOST: listen address. Default `0.0.0.0`. */
   readonly host: string;
   /** GATEWAY_PORT, else PORT: listen port. Default 8000; 0 picks a free port. */
@@ -97,6 +132,17 @@ const NAME_PATTERN = /^[A-Za-z0-9_-]+$/;
 /** Every variable the gateway reads; the runtime permission flags list the same names. */
 export const ENV_VARIABLES = [
   "NATS_URL",
+  "NATS_USER",
+  "NATS_PASSWORD",
+  "NATS_TOKEN",
+  "NATS_NKEY",
+  "NATS_CREDS",
+  "NATS_CA",
+  "NATS_CERT",
+  "NATS_KEY",
+  "GATEWAY_CREATE_STREAMS",
+  "GATEWAY_STREAM_REPLICAS",
+  "GATEWAY_STRICT_CONFIG",
   "GATEWAY_HOST",
   "GATEWAY_PORT",
   "PORT",
@@ -171,9 +217,20 @@ function readMatching(
   return value;
 }
 
-function parseNatsServers(raw: string): string[] {
-  const servers = raw.split(",").map((s) => s.trim());
-  for (const server of servers) {
+interface NatsServers {
+  readonly servers: string[];
+  /** Credentials written in the URLs (`user:pass@` or `token@`), the first found. */
+  readonly user: string;
+  readonly password: string;
+  readonly token: string;
+}
+
+/** Never echoes the URL: it may hold a password (the error shows it redacted). */
+function parseNatsServers(raw: string): NatsServers {
+  const servers: string[] = [];
+  let user = "", password = "", token = "";
+  for (const entry of raw.split(",").map((s) => s.trim())) {
+    const server = entry;
     const withScheme = server.includes("://") ? server : `nats://${server}`;
     let url: URL | undefined;
     try {
@@ -187,11 +244,37 @@ function parseNatsServers(raw: string): string[] {
       (url.pathname !== "" && url.pathname !== "/")
     ) {
       throw new ConfigError(
-        `Cannot parse NATS_URL as a comma-separated list of nats://host:port servers: current value is "${raw}"`,
+        `Cannot parse NATS_URL as a comma-separated list of nats://host:port servers: current value is "${
+          redactUrl(raw)
+        }"`,
       );
     }
+    if (url.username !== "" && user === "" && token === "") {
+      const name = decodeURIComponent(url.username);
+      if (url.password !== "") [user, password] = [name, decodeURIComponent(url.password)];
+      else token = name;
+    }
+    const bare = url.username === "" ? server : server.slice(server.lastIndexOf("@") + 1);
+    servers.push(server.includes("://") && url.username !== "" ? `${url.protocol}//${bare}` : bare);
   }
-  return servers;
+  return { servers, user, password, token };
+}
+
+const TRUE_WORDS = ["true", "1", "yes", "on"];
+const FALSE_WORDS = ["false", "0", "no", "off"];
+
+function readBoolean(env: Env, name: string, fallback: boolean): boolean {
+  const raw = env[name];
+  if (raw === undefined || raw.trim() === "") return fallback;
+  const word = raw.trim().toLowerCase();
+  if (TRUE_WORDS.includes(word)) return true;
+  if (FALSE_WORDS.includes(word)) return false;
+  throw new ConfigError(`${name} must be true or false: current value is "${raw}"`);
+}
+
+/** A path to a file, or "" when unset; the file is read (and checked) at startup. */
+function readPath(env: Env, name: string): string {
+  return env[name]?.trim() ?? "";
 }
 
 function parseHost(env: Env): string {
@@ -276,9 +359,29 @@ export function parseConfig(env: Env, cpus = navigator.hardwareConcurrency): Con
       `GATEWAY_DEAD_LETTER_SUBJECT must differ from GATEWAY_SUBJECT, or invalid payloads would be relayed again: current value is "${env.GATEWAY_DEAD_LETTER_SUBJECT}"`,
     );
   }
+  const nats = parseNatsServers(natsUrl);
+  const natsUser = env.NATS_USER?.trim() || nats.user;
+  const natsPassword = env.NATS_PASSWORD ?? (env.NATS_USER?.trim() ? "" : nats.password);
+  if (natsPassword !== "" && natsUser === "") {
+    throw new ConfigError(
+      `NATS_PASSWORD is set without NATS_USER: set NATS_USER too (the password is not shown)`,
+    );
+  }
   return Object.freeze({
     natsUrl,
-    natsServers: Object.freeze(parseNatsServers(natsUrl)),
+    natsUrlRedacted: redactUrl(natsUrl),
+    natsServers: Object.freeze(nats.servers),
+    natsUser,
+    natsPassword,
+    natsToken: env.NATS_TOKEN?.trim() || nats.token,
+    natsNkeyPath: readPath(env, "NATS_NKEY"),
+    natsCredsPath: readPath(env, "NATS_CREDS"),
+    natsCaPath: readPath(env, "NATS_CA"),
+    natsCertPath: readPath(env, "NATS_CERT"),
+    natsKeyPath: readPath(env, "NATS_KEY"),
+    createStreams: readBoolean(env, "GATEWAY_CREATE_STREAMS", true),
+    streamReplicas: readInteger(env, "GATEWAY_STREAM_REPLICAS", 0, 0, 5),
+    strictConfig: readBoolean(env, "GATEWAY_STRICT_CONFIG", false),
     host: parseHost(env),
     port: readInteger(env, portName, 8000, 0, 65535),
     subject,

@@ -2,15 +2,10 @@
 import { headers, type NatsConnection } from "@nats-io/transport-deno";
 import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
 import { Broadcaster, CloseCode } from "./broadcaster.ts";
-import {
-  connectNats,
-  consumeSubject,
-  delay,
-  ensureStreams,
-  errorMessage,
-  NatsUnavailableError,
-  newestSequence,
-} from "./bus.ts";
+import { connectNats, NatsUnavailableError } from "./nats/connection.ts";
+import { consumeSubject } from "./nats/consumer.ts";
+import { ensureStreams, newestSequence } from "./nats/streams.ts";
+import { delay, errorMessage } from "./util.ts";
 import type { Config } from "./config.ts";
 import { createLogger, type Logger, rateLimited } from "./log.ts";
 import { GatewayMetrics, type MetricSnapshot, renderMetrics } from "./metrics.ts";
@@ -111,13 +106,13 @@ export async function startGateway(
     logger,
   }).catch((err) => {
     throw err instanceof NatsUnavailableError ? err : new NatsUnavailableError(
-      `Cannot connect to NATS at ${config.natsUrl}: ${errorMessage(err)}`,
+      `Cannot connect to NATS at ${config.natsUrlRedacted}: ${errorMessage(err)}`,
       { cause: err },
     );
   });
   natsConnected = true;
   metrics.natsConnected.set(1);
-  logger.info("nats connected", { nats_url: config.natsUrl, server: nc.getServer() });
+  logger.info("nats connected", { nats_url: config.natsUrlRedacted, server: nc.getServer() });
 
   const abort = new AbortController();
   let seededSequence = -1;
@@ -195,7 +190,7 @@ export async function startGateway(
       service: "gateway",
       status: healthy ? "healthy" : "unhealthy",
       version: VERSION,
-      nats_url: config.natsUrl,
+      nats_url: config.natsUrlRedacted,
       nats_connected: natsConnected,
       connections: broadcaster.size,
       last_message_ts: lastMessageTs,

@@ -1,5 +1,5 @@
 /** Entry point of one worker isolate (GATEWAY_WORKERS > 1); lib/cluster.ts supervises it. */
-import { errorMessage } from "./bus.ts";
+import { errorMessage } from "./util.ts";
 import type { FromWorker, ToWorker } from "./cluster.ts";
 import { type Gateway, type InstanceReport, startGateway } from "./gateway.ts";
 import { createLogger, withFields } from "./log.ts";

@@ -1,182 +1,20 @@
 /**
- * The NATS side of the gateway: connection, idempotent stream setup and a self-healing
- * JetStream consumer exposed as an async iterable of messages. Knows nothing of WebSockets.
+ * A self-healing JetStream consumer exposed as an async iterable of messages: it starts at the
+ * newest stored message and restarts there whenever it has to be recreated.
  */
-import { connect, type NatsConnection } from "@nats-io/transport-deno";
+import type { NatsConnection } from "@nats-io/transport-deno";
 import {
   AckPolicy,
   type Consumer,
   type ConsumerMessages,
   DeliverPolicy,
-  DiscardPolicy,
   jetstream,
   type JetStreamManager,
   jetstreamManager,
-  RetentionPolicy,
-  StorageType,
-  type StreamConfig,
 } from "@nats-io/jetstream";
-import type { Logger } from "./log.ts";
-
-/** Raised when NATS cannot be used at startup; the message says what to do. */
-export class NatsUnavailableError extends Error {
-  constructor(message: string, options?: ErrorOptions) {
-    super(message, options);
-    this.name = "NatsUnavailableError";
-  }
-}
-
-const DAY_NS = 24 * 60 * 60 * 1_000_000_000;
-
-/** The streams every service of the platform expects (spec: "JetStream Streams"). */
-export const PLATFORM_STREAMS: readonly Pick<
-  StreamConfig,
-  "name" | "subjects" | "retention" | "max_age" | "storage"
->[] = [
-  {
-    name: "MARKET_DATA",
-    subjects: ["market.*"],
-    retention: RetentionPolicy.Limits,
-    max_age: DAY_NS,
-    storage: StorageType.File,
-  },
-  {
-    name: "LEVEL_SIGNALS",
-    subjects: ["levels.*"],
-    retention: RetentionPolicy.Limits,
-    max_age: DAY_NS,
-    storage: StorageType.File,
-  },
-];
-
-export interface BusOptions {
-  /** Seed servers, `host:port` or `nats://host:port`. */
-  readonly servers: readonly string[];
-  /** How long startup keeps retrying an unreachable server. */
-  readonly connectTimeoutMs: number;
-  /** Name shown by the NATS server for this connection. */
-  readonly name: string;
-  readonly logger: Logger;
-}
-
-/**
- * Connects to NATS, retrying until `connectTimeoutMs` has passed. Host names are not resolved
- * by the client so that Deno's `--allow-net` host scoping applies to the names configured.
- */
-export async function connectNats(options: BusOptions): Promise<NatsConnection> {
-  const deadline = Date.now() + options.connectTimeoutMs;
-  let attempt = 0;
-  while (true) {
-    attempt++;
-    try {
-      return await connect({
-        servers: [...options.servers],
-        name: options.name,
-        // Connect to the configured names, so permission scoping by host holds.
-        resolve: false,
-        // Members a cluster advertises are outside a scoped binary's allow list; the
-        // configured seed list is the whole cluster we use (README "Clusters").
-        ignoreClusterUpdates: true,
-        maxReconnectAttempts: -1,
-        reconnectTimeWait: 250,
-        reconnectJitter: 250,
-        timeout: Math.min(2_000, Math.max(100, deadline - Date.now())),
-      });
-    } catch (err) {
-      if (isPermissionError(err)) throw err;
-      const left = deadline - Date.now();
-      if (left <= 0) {
-        throw new NatsUnavailableError(
-          `Cannot connect to NATS at ${
-            options.servers.join(",")
-          } after ${attempt} attempts in ${options.connectTimeoutMs} ms (GATEWAY_NATS_CONNECT_TIMEOUT_MS): ${
-            errorMessage(err)
-          }`,
-          { cause: err },
-        );
-      }
-      if (attempt === 1) {
-        options.logger.warn("nats not reachable yet, retrying", {
-          servers: options.servers.join(","),
-          error: errorMessage(err),
-          retry_for_ms: left,
-        });
-      }
-      await delay(Math.min(250, left));
-    }
-  }
-}
-
-/** Whether an error comes from Deno's permission checks. */
-export function isPermissionError(err: unknown): boolean {
-  return err instanceof Deno.errors.NotCapable || err instanceof Deno.errors.PermissionDenied;
-}
-
-export function errorMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
-
-export function delay(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal?.aborted) return resolve();
-    const timer = setTimeout(done, ms);
-    function done() {
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", done);
-      resolve();
-    }
-    signal?.addEventListener("abort", done, { once: true });
-  });
-}
-
-/**
- * Creates each platform stream that is missing; an existing stream is left as it is and each
- * field that differs from the platform's config is logged. Safe to run any number of times.
- */
-export async function ensureStreams(
-  jsm: JetStreamManager,
-  logger: Logger,
-  streams = PLATFORM_STREAMS,
-): Promise<void> {
-  for (const wanted of streams) {
-    let existing: StreamConfig | undefined;
-    try {
-      existing = (await jsm.streams.info(wanted.name)).config;
-    } catch (err) {
-      if (!isNotFound(err)) throw err;
-    }
-    if (existing === undefined) {
-      try {
-        await jsm.streams.add({ ...wanted, discard: DiscardPolicy.Old });
-        logger.info("stream created", { stream: wanted.name, subjects: wanted.subjects });
-        continue;
-      } catch (err) {
-        // Another gateway may have created it between our info and add.
-        if (!/already in use|already exists/i.test(errorMessage(err))) throw err;
-        existing = (await jsm.streams.info(wanted.name)).config;
-      }
-    }
-    const differences = Object.entries(wanted)
-      .filter(([key, value]) =>
-        JSON.stringify(value) !== JSON.stringify(existing[key as keyof StreamConfig])
-      )
-      .map(([key, value]) => ({
-        field: key,
-        expected: value,
-        actual: existing[key as keyof StreamConfig],
-      }));
-    if (differences.length > 0) {
-      logger.warn("stream exists with a different config; left unchanged", {
-        stream: wanted.name,
-        differences,
-      });
-    }
-  }
-}
-
-function isNotFound(err: unknown): boolean {
-  return /not found/i.test(errorMessage(err));
-}
+import type { Logger } from "../log.ts";
+import { delay, errorMessage } from "../util.ts";
+import { ensureStreams, isNotFound, newestSequence } from "./streams.ts";
 
 /** Pause before a consumer is recreated, so a delete in progress is not raced. */
 const RESTART_DELAY_MS = 100;
@@ -315,20 +153,6 @@ function watchStatus(messages: ConsumerMessages, restart: (reason: string) => vo
       }
     }
   })();
-}
-
-/** Stream sequence of the newest stored message of the subject, or 0 if none. */
-export async function newestSequence(
-  jsm: JetStreamManager,
-  options: Pick<ConsumerOptions, "stream" | "subject">,
-): Promise<number> {
-  try {
-    const stored = await jsm.streams.getMessage(options.stream, { last_by_subj: options.subject });
-    return stored?.seq ?? 0;
-  } catch (err) {
-    if (isNotFound(err)) return 0;
-    throw err;
-  }
 }
 
 async function openConsumer(
