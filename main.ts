@@ -1,39 +1,74 @@
 /**
  * Entry point: read config from the environment (and an optional env file), start the
- * gateway, stop it gracefully on SIGINT/SIGTERM. Exit codes: 0 after a graceful stop,
+ * gateway, stop it gracefully on SIGINT, SIGTERM or SIGHUP. Exit codes: 0 after a graceful stop,
  * 1 when the gateway cannot start or cannot go on, 2 for bad configuration.
  */
-import { ConfigError, ENV_VARIABLES, parseConfig, parseEnvFile } from "./lib/config.ts";
+import { type Config, ConfigError, parseConfig } from "./lib/config.ts";
+import {
+  describeUnknown,
+  type LoadedEnvironment,
+  loadEnvironment,
+  refuseUnknown,
+} from "./lib/env_file.ts";
 import { startCluster } from "./lib/cluster.ts";
 import { type RunningGateway, startGateway } from "./lib/gateway.ts";
-import { createLogger } from "./lib/log.ts";
+import { createLogger, type Logger } from "./lib/log.ts";
 
-type Env = Record<string, string | undefined>;
+/**
+ * SIGHUP stops the gateway like SIGTERM: the config is frozen at startup, so a "reload" is a
+ * restart by the supervisor; and a closed terminal should close clients with 1001, not EOF.
+ */
+const STOP_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
 
-/** The process environment, with values from the env file filling what it leaves unset. */
-export function readEnvironment(): Env {
-  const env: Env = {};
-  for (const name of ENV_VARIABLES) env[name] = Deno.env.get(name);
-  const explicitPath = env.GATEWAY_ENV_FILE?.trim();
-  const path = explicitPath || ".env";
-  let text: string;
+/**
+ * Reads and checks the configuration, logging every problem; undefined when the gateway must
+ * not start (exit 2). Unknown variable names are warnings, or errors under GATEWAY_STRICT_CONFIG.
+ */
+export function loadConfig(load: () => LoadedEnvironment = loadEnvironment): Config | undefined {
+  let loaded: LoadedEnvironment;
+  let config: Config;
   try {
-    text = Deno.readTextFileSync(path);
+    loaded = load();
   } catch (err) {
-    if (!explicitPath && err instanceof Deno.errors.NotFound) return env;
-    throw new ConfigError(
-      `Cannot read GATEWAY_ENV_FILE: current value is "${path}" (${
-        err instanceof Error ? err.message : String(err)
-      })`,
-      { cause: err },
-    );
+    return reportInvalid(createLogger("info"), err);
   }
-  for (const [name, value] of Object.entries(parseEnvFile(text, path))) {
-    if (env[name] === undefined && (ENV_VARIABLES as readonly string[]).includes(name)) {
-      env[name] = value;
-    }
+  try {
+    config = parseConfig(loaded.env);
+  } catch (err) {
+    // Unknown names first: a misspelt variable often explains the error that follows.
+    reportUnknown(createLogger("info"), loaded, "warn");
+    return reportInvalid(createLogger("info"), err);
   }
-  return env;
+  const logger = createLogger(config.logLevel);
+  const refusal = refuseUnknown(loaded.unknown, {
+    strict: config.strictConfig,
+    authConfigured: config.authTokens.length > 0,
+  });
+  reportUnknown(logger, loaded, refusal ? "error" : "warn");
+  return refusal ? reportInvalid(logger, new ConfigError(refusal)) : config;
+}
+
+function reportUnknown(logger: Logger, loaded: LoadedEnvironment, level: "warn" | "error"): void {
+  if (!loaded.environmentListed) {
+    logger.debug("environment names not checked", {
+      reason:
+        "listing them needs full env permission (`deno task start` lists them before it starts this process); only the env file was checked",
+    });
+  }
+  for (const variable of loaded.unknown) {
+    logger[level]("unknown variable", {
+      name: variable.name,
+      source: variable.source,
+      closest: variable.closest,
+      hint: describeUnknown(variable),
+    });
+  }
+}
+
+function reportInvalid(logger: Logger, err: unknown): undefined {
+  if (!(err instanceof ConfigError)) throw err;
+  logger.error("invalid configuration", { error: err.message });
+  return undefined;
 }
 
 /** `gateway --health-check`: exit 0 when the local gateway's /health says healthy (Docker). */
@@ -52,14 +87,8 @@ async function healthCheck(port: number): Promise<number> {
 }
 
 export async function main(args: readonly string[] = Deno.args): Promise<number> {
-  let config;
-  try {
-    config = parseConfig(readEnvironment());
-  } catch (err) {
-    if (!(err instanceof ConfigError)) throw err;
-    createLogger("info").error("invalid configuration", { error: err.message });
-    return 2;
-  }
+  const config = loadConfig();
+  if (config === undefined) return 2;
   if (args.includes("--health-check")) return await healthCheck(config.port);
   const logger = createLogger(config.logLevel);
   let gateway: RunningGateway;
@@ -73,7 +102,7 @@ export async function main(args: readonly string[] = Deno.args): Promise<number>
   }
 
   const stopSignal = new Promise<Deno.Signal>((resolve) => {
-    for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    for (const signal of STOP_SIGNALS) {
       Deno.addSignalListener(signal, () => resolve(signal));
     }
   });

@@ -325,6 +325,18 @@ function parseAuthTokens(env: Env): string[] {
 }
 
 /**
+ * Several workers on one durable consumer share its messages (each worker pulls its own share),
+ * so each client would see about 1/n of the stream: refuse the pair.
+ */
+function refuseSplitStream(config: Config): void {
+  if (config.workers > 1 && config.durableName !== "") {
+    throw new ConfigError(
+      `GATEWAY_WORKERS=${config.workers} cannot be used with GATEWAY_DURABLE="${config.durableName}": every worker would pull from the one durable consumer, so each client would get about 1/${config.workers} of the messages. Unset GATEWAY_DURABLE (each worker then reads the whole stream with its own ordered consumer) or set GATEWAY_WORKERS=1`,
+    );
+  }
+}
+
+/**
  * Parses and validates the gateway's configuration; throws ConfigError naming the bad variable.
  * `cpus` is what GATEWAY_WORKERS=auto resolves to.
  */
@@ -367,7 +379,7 @@ export function parseConfig(env: Env, cpus = navigator.hardwareConcurrency): Con
       `NATS_PASSWORD is set without NATS_USER: set NATS_USER too (the password is not shown)`,
     );
   }
-  return Object.freeze({
+  const config: Config = Object.freeze({
     natsUrl,
     natsUrlRedacted: redactUrl(natsUrl),
     natsServers: Object.freeze(nats.servers),
@@ -450,31 +462,6 @@ export function parseConfig(env: Env, cpus = navigator.hardwareConcurrency): Con
     authTokens: Object.freeze(parseAuthTokens(env)),
     deadLetterSubject,
   });
-}
-
-/**
- * Parses a dotenv file (KEY=value lines, `#` comments, optional quotes, optional `export `).
- * Returns the pairs; the caller decides precedence (the real environment wins).
- */
-export function parseEnvFile(text: string, path: string): Record<string, string> {
-  const result: Record<string, string> = {};
-  const lines = text.split(/\r?\n/);
-  lines.forEach((line, index) => {
-    const trimmed = line.trim();
-    if (trimmed === "" || trimmed.startsWith("#")) return;
-    const match = /^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$/.exec(
-      trimmed,
-    );
-    if (!match) {
-      throw new ConfigError(
-        `Cannot parse line ${index + 1} of env file ${path}: current value is "${line}"`,
-      );
-    }
-    let value = match[2];
-    const quoted = /^(['"])(.*)\1$/.exec(value);
-    if (quoted) value = quoted[2];
-    else value = value.replace(/\s+#.*$/, "");
-    result[match[1]] = value;
-  });
-  return result;
+  refuseSplitStream(config);
+  return config;
 }

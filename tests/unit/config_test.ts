@@ -1,5 +1,14 @@
 import assert from "node:assert/strict";
-import { ConfigError, parseConfig, parseEnvFile } from "../../lib/config.ts";
+import { ConfigError, parseConfig } from "../../lib/config.ts";
+import {
+  closestKnownName,
+  editDistance,
+  type EnvironmentSource,
+  findUnknownVariables,
+  loadEnvironment,
+  parseEnvFile,
+  refuseUnknown,
+} from "../../lib/env_file.ts";
 
 Deno.test("parseConfig gives the documented defaults for an empty environment", () => {
   const config = parseConfig({});
@@ -99,18 +108,210 @@ Deno.test("parseConfig names the variable and its value in every error", () => {
   }
 });
 
-Deno.test("parseEnvFile reads KEY=value lines, comments, quotes and export", () => {
+Deno.test("parseConfig refuses several workers on one durable consumer, saying what to do", () => {
+  assert.throws(() => parseConfig({ GATEWAY_WORKERS: "3", GATEWAY_DURABLE: "gateway_levels" }), {
+    name: "ConfigError",
+    message:
+      /^GATEWAY_WORKERS=3 cannot be used with GATEWAY_DURABLE="gateway_levels": .* about 1\/3 of the messages\. Unset GATEWAY_DURABLE .* or set GATEWAY_WORKERS=1$/,
+  });
+  assert.throws(() => parseConfig({ GATEWAY_WORKERS: "auto", GATEWAY_DURABLE: "d" }, 4), {
+    message: /GATEWAY_WORKERS=4 cannot be used with GATEWAY_DURABLE/,
+  });
+  assert.equal(parseConfig({ GATEWAY_WORKERS: "1", GATEWAY_DURABLE: "d" }).durableName, "d");
+  assert.equal(parseConfig({ GATEWAY_WORKERS: "4" }).workers, 4);
+  assert.equal(parseConfig({ GATEWAY_WORKERS: "auto", GATEWAY_DURABLE: "d" }, 1).workers, 1);
+});
+
+const TOKEN = "s3cret-token-0123456789";
+
+/** Asserts `fn` throws a ConfigError matching `message` that shows no secret. */
+function assertEnvFileError(fn: () => unknown, message: RegExp, secret = TOKEN): void {
+  assert.throws(fn, (err) => {
+    assert.ok(err instanceof ConfigError, String(err));
+    assert.match(err.message, message);
+    assert.match(err.message, /the line is not shown: it may hold a secret/);
+    assert.ok(!err.message.includes(secret), `secret shown in: ${err.message}`);
+    return true;
+  });
+}
+
+Deno.test("parseEnvFile reads NAME=value lines, comments, export, CRLF and a BOM", () => {
   const parsed = parseEnvFile(
-    '# comment\nNATS_URL=nats://x:4222\nexport GATEWAY_PORT=9000 # trailing\nGATEWAY_SUBJECT="a.b"\n\n',
+    "\uFEFF# comment\r\nNATS_URL=nats://x:4222\r\n  export GATEWAY_PORT = 9000 # trailing\n\n" +
+      "GATEWAY_SUBJECT=a.b\nGATEWAY_STREAM=\nGATEWAY_PORT=9001\n",
     ".env",
   );
-  assert.deepEqual(parsed, {
+  assert.deepEqual(parsed.values, {
     NATS_URL: "nats://x:4222",
-    GATEWAY_PORT: "9000",
+    GATEWAY_PORT: "9001",
     GATEWAY_SUBJECT: "a.b",
+    GATEWAY_STREAM: "",
   });
-  assert.throws(() => parseEnvFile("good=1\nnot a line\n", "/etc/gateway/gateway.env"), {
-    message:
-      'Cannot parse line 2 of env file /etc/gateway/gateway.env: current value is "not a line"',
+  assert.deepEqual(parsed.lines, {
+    NATS_URL: 2,
+    GATEWAY_PORT: 7,
+    GATEWAY_SUBJECT: 5,
+    GATEWAY_STREAM: 6,
   });
+});
+
+Deno.test("parseEnvFile drops the quotes of a quoted value followed by a comment", () => {
+  const parsed = parseEnvFile(
+    [
+      `GATEWAY_AUTH_TOKENS="${TOKEN}" # rotated monthly`,
+      `NATS_PASSWORD='p#ss word'  # single quotes keep # and spaces`,
+      "NATS_USER=`gateway`",
+      `GATEWAY_SUBJECT="levels.signals"`,
+      `NATS_TOKEN="a\\"b"`,
+    ].join("\n"),
+    ".env",
+  );
+  assert.deepEqual(parsed.values, {
+    GATEWAY_AUTH_TOKENS: TOKEN,
+    NATS_PASSWORD: "p#ss word",
+    NATS_USER: "gateway",
+    GATEWAY_SUBJECT: "levels.signals",
+    NATS_TOKEN: 'a\\"b',
+  });
+});
+
+Deno.test("parseEnvFile reads a quoted value over several lines", () => {
+  const parsed = parseEnvFile('NATS_CA="line one\nline two"\nGATEWAY_PORT=1\n', ".env");
+  assert.deepEqual(parsed.values, { NATS_CA: "line one\nline two", GATEWAY_PORT: "1" });
+  assert.deepEqual(parsed.lines, { NATS_CA: 1, GATEWAY_PORT: 3 });
+});
+
+Deno.test("parseEnvFile names a NAME: value line by number and never shows the token", () => {
+  assertEnvFileError(
+    () =>
+      parseEnvFile(`GATEWAY_PORT=1\nGATEWAY_AUTH_TOKENS: ${TOKEN}\n`, "/etc/gateway/gateway.env"),
+    /^Cannot parse env file \/etc\/gateway\/gateway\.env, line 2: expected NAME=value, found "GATEWAY_AUTH_TOKENS:"; write GATEWAY_AUTH_TOKENS=value/,
+  );
+  // A name that is not plainly a variable name is not shown either.
+  assertEnvFileError(
+    () => parseEnvFile(`${TOKEN.replaceAll("-", "")}: x`, ".env"),
+    /line 1/,
+    "s3cret",
+  );
+});
+
+Deno.test("parseEnvFile reports each kind of bad line by number, without its text", () => {
+  const cases: [string, RegExp][] = [
+    [`# ok\n${TOKEN}\n`, /line 2: expected NAME=value \(/],
+    [`GATEWAY-AUTH-TOKENS=${TOKEN}`, /line 1: a variable name is letters, digits and _/],
+    [`1X=${TOKEN}`, /line 1: a variable name/],
+    [
+      `GATEWAY_AUTH_TOKENS=${TOKEN}#x`,
+      /line 1: an unquoted value holds '#'.*put the value in quotes/,
+    ],
+    [`GATEWAY_AUTH_TOKENS=#${TOKEN}`, /line 1: an unquoted value holds '#'/],
+    [`\nGATEWAY_AUTH_TOKENS="${TOKEN}"x`, /line 2: text follows the closing quote/],
+    [
+      `GATEWAY_PORT=1\nGATEWAY_AUTH_TOKENS="${TOKEN}\nNATS_URL=x\n`,
+      /line 2: the value opened with " here is never closed/,
+    ],
+    [`A='${TOKEN}\n\n' tail`, /line 3: text follows the closing quote/],
+  ];
+  for (const [text, message] of cases) {
+    assertEnvFileError(() => parseEnvFile(text, ".env"), message);
+  }
+  // A comment after whitespace is a comment, not part of the value.
+  assert.deepEqual(parseEnvFile("GATEWAY_PORT=9000 #c", ".env").values, { GATEWAY_PORT: "9000" });
+});
+
+/** An environment and files of a test's own: the edge loadEnvironment reads through. */
+function fakeSource(
+  env: Record<string, string>,
+  files: Record<string, string> = {},
+  listable = true,
+): EnvironmentSource {
+  return {
+    get: (name) => env[name],
+    names: () => listable ? Object.keys(env) : undefined,
+    readTextFile: (path) => {
+      if (path in files) return files[path];
+      throw new Deno.errors.NotFound(`no ${path}`);
+    },
+  };
+}
+
+Deno.test("loadEnvironment: the environment wins, the env file fills what it leaves unset", () => {
+  const loaded = loadEnvironment(fakeSource(
+    { GATEWAY_ENV_FILE: "/etc/gw.env", GATEWAY_PORT: "9000" },
+    { "/etc/gw.env": "GATEWAY_PORT=1\nGATEWAY_SUBJECT=a.b\nDATABASE_URL=x\n" },
+  ));
+  assert.equal(loaded.env.GATEWAY_PORT, "9000");
+  assert.equal(loaded.env.GATEWAY_SUBJECT, "a.b");
+  assert.equal(loaded.env.DATABASE_URL, undefined, "only the gateway's variables are taken");
+  assert.equal(loaded.envFilePath, "/etc/gw.env");
+  assert.deepEqual(loaded.unknown, []);
+  assert.ok(loaded.environmentListed);
+});
+
+Deno.test("loadEnvironment: a missing .env is fine, a missing GATEWAY_ENV_FILE is an error", () => {
+  assert.equal(loadEnvironment(fakeSource({})).envFilePath, undefined);
+  assert.throws(() => loadEnvironment(fakeSource({ GATEWAY_ENV_FILE: "/nope.env" })), {
+    name: "ConfigError",
+    message: /^Cannot read GATEWAY_ENV_FILE: current value is "\/nope\.env"/,
+  });
+});
+
+Deno.test("loadEnvironment finds misspelt and lower-case names in the environment and the file", () => {
+  const loaded = loadEnvironment(fakeSource(
+    { GATEWAY_PROT: "9000", gateway_auth_tokens: TOKEN, HOME: "/root", NATS_URL: "x" },
+    { ".env": `# x\nGATEWAY_AUTH_TOKEN=${TOKEN}\nPROT=1\nlog_level=debug\nOTHER_APP=1\n` },
+  ));
+  assert.deepEqual(loaded.unknown, [
+    { name: "GATEWAY_PROT", source: "environment", closest: "GATEWAY_PORT" },
+    { name: "gateway_auth_tokens", source: "environment", closest: "GATEWAY_AUTH_TOKENS" },
+    { name: "GATEWAY_AUTH_TOKEN", source: "env file .env line 2", closest: "GATEWAY_AUTH_TOKENS" },
+    { name: "PROT", source: "env file .env line 3", closest: "PORT" },
+    { name: "log_level", source: "env file .env line 4", closest: "LOG_LEVEL" },
+  ]);
+  assert.equal(loaded.env.GATEWAY_AUTH_TOKENS, undefined, "a misspelt name sets nothing");
+});
+
+Deno.test("loadEnvironment still checks the env file when the environment cannot be listed", () => {
+  const loaded = loadEnvironment(fakeSource(
+    { GATEWAY_PROT: "1" },
+    { ".env": "NATS_URLS=nats://a:4222\n" },
+    false,
+  ));
+  assert.equal(loaded.environmentListed, false);
+  assert.deepEqual(loaded.unknown.map((v) => [v.name, v.closest]), [["NATS_URLS", "NATS_URL"]]);
+});
+
+Deno.test("closestKnownName and editDistance: typos, swaps and case", () => {
+  assert.equal(editDistance("GATEWAY_PROT", "GATEWAY_PORT"), 1);
+  assert.equal(editDistance("ABC", "ABC"), 0);
+  assert.equal(editDistance("", "AB"), 2);
+  assert.equal(closestKnownName("gateway_port"), "GATEWAY_PORT");
+  assert.equal(closestKnownName("GATEWAY_MAX_CONNECTION"), "GATEWAY_MAX_CONNECTIONS");
+  assert.equal(closestKnownName("NATS_PASS"), "NATS_PASSWORD");
+  assert.deepEqual(
+    findUnknownVariables(["HOST", "PATH", "PWD", "NATS_URL", "nats_url"], () => "env"),
+    [
+      { name: "nats_url", source: "env", closest: "NATS_URL" },
+    ],
+  );
+});
+
+Deno.test("refuseUnknown: warnings by default, errors under strict, and a misspelt auth name fails closed", () => {
+  const prot = { name: "GATEWAY_PROT", source: "environment", closest: "GATEWAY_PORT" };
+  const auth = {
+    name: "GATEWAY_AUTH_TOKEN",
+    source: "environment",
+    closest: "GATEWAY_AUTH_TOKENS",
+  };
+  assert.equal(refuseUnknown([prot], { strict: false, authConfigured: false }), undefined);
+  assert.match(
+    refuseUnknown([prot], { strict: true, authConfigured: false })!,
+    /^GATEWAY_STRICT_CONFIG=true and 1 variable\(s\) set are not read by the gateway: GATEWAY_PROT \(did you mean GATEWAY_PORT\?\)/,
+  );
+  assert.equal(refuseUnknown([], { strict: true, authConfigured: false }), undefined);
+  assert.match(
+    refuseUnknown([prot, auth], { strict: false, authConfigured: false })!,
+    /^GATEWAY_AUTH_TOKEN is set but GATEWAY_AUTH_TOKENS is not .* open to everyone \(its value is not shown\)$/,
+  );
+  assert.equal(refuseUnknown([auth], { strict: false, authConfigured: true }), undefined);
 });
