@@ -1,4 +1,8 @@
-/** Stream provisioning (the platform's streams) and lookups on a stream. */
+/**
+ * Stream provisioning (the platform's streams, optional: GATEWAY_CREATE_STREAMS), the startup
+ * check of the relayed stream, and lookups on a stream. Every JetStream request here fails with
+ * an error that says what was asked (`stream info LEVEL_SIGNALS failed: timeout`).
+ */
 import {
   DiscardPolicy,
   type JetStreamManager,
@@ -6,10 +10,17 @@ import {
   StorageType,
   type StreamConfig,
 } from "@nats-io/jetstream";
+import type { Config } from "../config.ts";
 import type { Logger } from "../log.ts";
 import { errorMessage } from "../util.ts";
 
 const DAY_NS = 24 * 60 * 60 * 1_000_000_000;
+
+/** Replicas the gateway gives a stream it creates on a cluster of 3 or more (spec: R3). */
+const MAX_AUTO_REPLICAS = 3;
+
+/** JetStream API error codes the gateway tells apart. */
+const NOT_FOUND_CODES = [10059, 10014, 10037]; // stream, consumer, message not found
 
 /** The streams every service of the platform expects (spec: "JetStream Streams"). */
 export const PLATFORM_STREAMS: readonly Pick<
@@ -32,52 +43,309 @@ export const PLATFORM_STREAMS: readonly Pick<
   },
 ];
 
+type PlatformStream = (typeof PLATFORM_STREAMS)[number];
+
+/** What stream setup reads from the configuration. */
+export type StreamSettings = Pick<
+  Config,
+  "createStreams" | "streamReplicas" | "stream" | "subject"
+>;
+
+/** A JetStream request that failed; the message names the request, the cause is the client's error. */
+export class NatsRequestError extends Error {
+  constructor(readonly request: string, cause: unknown) {
+    super(`${request} failed: ${errorMessage(cause)}`, { cause });
+    this.name = "NatsRequestError";
+  }
+}
+
+/** The streams on NATS cannot serve this configuration; the message says what to change. */
+export class StreamSetupError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "StreamSetupError";
+  }
+}
+
+/** Runs one JetStream request; a failure is rethrown saying what was asked. */
+export async function ask<T>(request: string, send: () => Promise<T>): Promise<T> {
+  try {
+    return await send();
+  } catch (err) {
+    throw err instanceof NatsRequestError ? err : new NatsRequestError(request, err);
+  }
+}
+
 /**
- * Creates each platform stream that is missing; an existing stream is left as it is and each
- * field that differs from the platform's config is logged. Safe to run any number of times.
+ * Startup. With GATEWAY_CREATE_STREAMS (default) the platform streams are created when missing
+ * and an existing one is left alone, each differing field logged once. Then, in either mode,
+ * the relayed stream must exist and capture the subject (and a configured durable consumer must
+ * exist when nothing may be created), or startup fails saying what to change.
+ */
+export async function setUpStreams(
+  jsm: JetStreamManager,
+  config: StreamSettings & Partial<Pick<Config, "durableName">>,
+  logger: Logger,
+): Promise<void> {
+  if (config.createStreams) {
+    const replicas = wantedReplicas(jsm, config);
+    for (const wanted of PLATFORM_STREAMS) {
+      try {
+        await ensurePlatformStream(jsm, wanted, replicas, logger, { reportDifferences: true });
+      } catch (err) {
+        // A stream the gateway does not read (its nodes down, no rights) must not stop it.
+        if (wanted.name === config.stream) throw err;
+        logger.warn("stream setup failed; going on, the gateway does not read this stream", {
+          stream: wanted.name,
+          error: errorMessage(err),
+        });
+      }
+    }
+  }
+  await checkRelayedStream(jsm, config);
+  if (!config.createStreams && config.durableName) {
+    await checkDurableExists(jsm, config.stream, config.durableName);
+  }
+}
+
+/**
+ * Before a consumer is recreated: recreates the relayed stream if it was deleted, and only that
+ * one (never MARKET_DATA or any other stream, whose nodes may be down). Does nothing when
+ * GATEWAY_CREATE_STREAMS=false or the stream is not one of the platform's.
+ */
+export async function ensureRelayedStream(
+  jsm: JetStreamManager,
+  config: StreamSettings,
+  logger: Logger,
+): Promise<void> {
+  if (!config.createStreams) return;
+  const wanted = PLATFORM_STREAMS.find((s) => s.name === config.stream);
+  if (wanted === undefined) return;
+  await ensurePlatformStream(jsm, wanted, wantedReplicas(jsm, config), logger, {
+    reportDifferences: false,
+  });
+}
+
+/**
+ * Creates each platform stream that is missing with the automatic replica count. Kept for
+ * callers outside the gateway (bench/run.ts); the gateway uses setUpStreams.
  */
 export async function ensureStreams(
   jsm: JetStreamManager,
   logger: Logger,
-  streams = PLATFORM_STREAMS,
+  streams: readonly PlatformStream[] = PLATFORM_STREAMS,
 ): Promise<void> {
+  const replicas = wantedReplicas(jsm, { streamReplicas: 0 });
   for (const wanted of streams) {
-    let existing: StreamConfig | undefined;
+    await ensurePlatformStream(jsm, wanted, replicas, logger, { reportDifferences: true });
+  }
+}
+
+/** Replicas for a new stream: GATEWAY_STREAM_REPLICAS, else min(3, JetStream cluster size). */
+interface ReplicaChoice {
+  readonly replicas: number;
+  /** Set by GATEWAY_STREAM_REPLICAS: a refused placement is an error, not a step down. */
+  readonly explicit: boolean;
+}
+
+function wantedReplicas(
+  jsm: JetStreamManager,
+  config: Pick<Config, "streamReplicas">,
+): ReplicaChoice {
+  if (config.streamReplicas > 0) return { replicas: config.streamReplicas, explicit: true };
+  const size = clusterSizeFromInfo(serverInfoOf(jsm));
+  return { replicas: Math.min(MAX_AUTO_REPLICAS, size ?? MAX_AUTO_REPLICAS), explicit: false };
+}
+
+/** The parts of a server's INFO that describe its cluster. */
+export interface ClusterInfo {
+  readonly cluster?: string;
+  readonly connect_urls?: readonly string[];
+}
+
+/**
+ * The JetStream cluster size as the connected server's INFO tells it: 1 without a `cluster`
+ * (a standalone server); else the number of distinct client URLs the cluster advertises
+ * (`connect_urls` lists every member, the server itself included). Undefined when the cluster
+ * does not advertise (`no_advertise`): creation then starts at 3 and steps down on refusal.
+ */
+export function clusterSizeFromInfo(info: ClusterInfo | undefined): number | undefined {
+  if (info === undefined) return undefined;
+  if (!info.cluster) return 1;
+  const urls = new Set(info.connect_urls ?? []);
+  return urls.size > 0 ? urls.size : undefined;
+}
+
+/** The INFO of the server the manager's connection is on (the client keeps the latest). */
+function serverInfoOf(jsm: JetStreamManager): ClusterInfo | undefined {
+  // JetStreamManager's implementation holds its connection as `nc`; the type does not say so.
+  const nc = (jsm as unknown as { nc?: { info?: ClusterInfo } }).nc;
+  return nc?.info;
+}
+
+async function ensurePlatformStream(
+  jsm: JetStreamManager,
+  wanted: PlatformStream,
+  choice: ReplicaChoice,
+  logger: Logger,
+  options: { reportDifferences: boolean },
+): Promise<void> {
+  const existing = (await streamConfig(jsm, wanted.name)) ??
+    (await createStream(jsm, wanted, choice, logger));
+  if (existing === undefined || !options.reportDifferences) return;
+  const expected: Partial<StreamConfig> = choice.explicit || clusterKnown(jsm)
+    ? { ...wanted, num_replicas: choice.replicas }
+    : wanted;
+  const differences = Object.entries(expected)
+    .filter(([key, value]) =>
+      JSON.stringify(value) !== JSON.stringify(existing[key as keyof StreamConfig])
+    )
+    .map(([key, value]) => ({
+      field: key,
+      expected: value,
+      actual: existing[key as keyof StreamConfig],
+    }));
+  if (differences.length > 0) {
+    logger.warn("stream exists with a different config; left unchanged", {
+      stream: wanted.name,
+      differences,
+    });
+  }
+}
+
+function clusterKnown(jsm: JetStreamManager): boolean {
+  return clusterSizeFromInfo(serverInfoOf(jsm)) !== undefined;
+}
+
+/**
+ * Creates the stream; returns the config of a stream another gateway created meanwhile, or
+ * undefined when this call created it. Without GATEWAY_STREAM_REPLICAS a refused placement
+ * (fewer JetStream servers up than replicas) is retried with one replica fewer.
+ */
+async function createStream(
+  jsm: JetStreamManager,
+  wanted: PlatformStream,
+  choice: ReplicaChoice,
+  logger: Logger,
+): Promise<StreamConfig | undefined> {
+  let replicas = choice.replicas;
+  while (true) {
     try {
-      existing = (await jsm.streams.info(wanted.name)).config;
-    } catch (err) {
-      if (!isNotFound(err)) throw err;
-    }
-    if (existing === undefined) {
-      try {
-        await jsm.streams.add({ ...wanted, discard: DiscardPolicy.Old });
-        logger.info("stream created", { stream: wanted.name, subjects: wanted.subjects });
-        continue;
-      } catch (err) {
-        // Another gateway may have created it between our info and add.
-        if (!/already in use|already exists/i.test(errorMessage(err))) throw err;
-        existing = (await jsm.streams.info(wanted.name)).config;
-      }
-    }
-    const differences = Object.entries(wanted)
-      .filter(([key, value]) =>
-        JSON.stringify(value) !== JSON.stringify(existing[key as keyof StreamConfig])
-      )
-      .map(([key, value]) => ({
-        field: key,
-        expected: value,
-        actual: existing[key as keyof StreamConfig],
-      }));
-    if (differences.length > 0) {
-      logger.warn("stream exists with a different config; left unchanged", {
+      await ask(
+        `stream create ${wanted.name} (${replicas} replica${replicas === 1 ? "" : "s"})`,
+        () => jsm.streams.add({ ...wanted, num_replicas: replicas, discard: DiscardPolicy.Old }),
+      );
+      logger.info("stream created", {
         stream: wanted.name,
-        differences,
+        subjects: wanted.subjects,
+        replicas,
       });
+      return undefined;
+    } catch (err) {
+      const message = errorMessage(err);
+      // Another gateway may have created it between our info and add.
+      if (/already in use|already exists/i.test(message)) {
+        return await streamConfig(jsm, wanted.name);
+      }
+      if (choice.explicit || replicas <= 1 || !isPlacementRefusal(message)) {
+        throw choice.explicit
+          ? new StreamSetupError(
+            `${message} (GATEWAY_STREAM_REPLICAS=${choice.replicas}: set it to at most the number of JetStream servers, or 0 for automatic)`,
+            { cause: err },
+          )
+          : err;
+      }
+      const fewer = /non-clustered/i.test(message) ? 1 : replicas - 1;
+      logger.warn("stream placement refused; creating it with fewer replicas", {
+        stream: wanted.name,
+        replicas: fewer,
+        refused: replicas,
+        error: message,
+      });
+      replicas = fewer;
     }
   }
 }
 
+function isPlacementRefusal(message: string): boolean {
+  return /no suitable peers|insufficient resources|replicas > 1 not supported/i.test(message);
+}
+
+/** The stream's config, or undefined when it does not exist. */
+async function streamConfig(
+  jsm: JetStreamManager,
+  stream: string,
+): Promise<StreamConfig | undefined> {
+  try {
+    return (await ask(`stream info ${stream}`, () => jsm.streams.info(stream))).config;
+  } catch (err) {
+    if (isNotFound(err)) return undefined;
+    throw err;
+  }
+}
+
+/** The relayed stream must exist and capture the subject; nothing here creates anything. */
+async function checkRelayedStream(jsm: JetStreamManager, config: StreamSettings): Promise<void> {
+  const { stream, subject } = config;
+  const found = await streamConfig(jsm, stream);
+  if (found === undefined) {
+    const isPlatform = PLATFORM_STREAMS.some((s) => s.name === stream);
+    throw new StreamSetupError(
+      config.createStreams
+        ? `Stream ${stream} (GATEWAY_STREAM) does not exist and is not one of the platform streams the gateway creates (${
+          PLATFORM_STREAMS.map((s) => s.name).join(", ")
+        }): create ${stream} capturing ${subject}, or set GATEWAY_STREAM to the stream that holds ${subject}`
+        : `Stream ${stream} does not exist and GATEWAY_CREATE_STREAMS=false forbids creating it: create ${stream} capturing ${subject} with a NATS user allowed to${
+          isPlatform ? ", or set GATEWAY_CREATE_STREAMS=true" : ""
+        }, or set GATEWAY_STREAM to the stream that holds ${subject}`,
+    );
+  }
+  // A mirror or a stream of sources has no subjects of its own; it holds what it copies.
+  const subjects = found.subjects ?? [];
+  if (subjects.length === 0 && (found.mirror || (found.sources?.length ?? 0) > 0)) return;
+  if (!subjects.some((pattern) => subjectMatches(pattern, subject))) {
+    throw new StreamSetupError(
+      `Stream ${stream} does not capture ${subject} (its subjects: ${
+        subjects.join(", ") || "none"
+      }): set GATEWAY_SUBJECT to a subject it captures, or GATEWAY_STREAM to the stream that holds ${subject}`,
+    );
+  }
+}
+
+/** With GATEWAY_CREATE_STREAMS=false a missing durable is a startup error, not created. */
+async function checkDurableExists(
+  jsm: JetStreamManager,
+  stream: string,
+  durable: string,
+): Promise<void> {
+  try {
+    await ask(`consumer info ${stream} ${durable}`, () => jsm.consumers.info(stream, durable));
+  } catch (err) {
+    if (!isNotFound(err)) throw err;
+    throw new StreamSetupError(
+      `Durable consumer ${durable} (GATEWAY_DURABLE) does not exist on stream ${stream} and GATEWAY_CREATE_STREAMS=false forbids creating it: create it with a NATS user allowed to, set GATEWAY_CREATE_STREAMS=true, or unset GATEWAY_DURABLE for an ordered consumer`,
+      { cause: err },
+    );
+  }
+}
+
+/** Whether a concrete subject matches a stream subject pattern (`*` one token, `>` the rest). */
+export function subjectMatches(pattern: string, subject: string): boolean {
+  const want = pattern.split(".");
+  const have = subject.split(".");
+  for (let i = 0; i < want.length; i++) {
+    if (want[i] === ">") return have.length > i;
+    if (i >= have.length || (want[i] !== "*" && want[i] !== have[i])) return false;
+  }
+  return want.length === have.length;
+}
+
+/** Whether a JetStream error says the stream, consumer or message does not exist. */
 export function isNotFound(err: unknown): boolean {
+  for (let e: unknown = err; e instanceof Error; e = e.cause) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === "number" && NOT_FOUND_CODES.includes(code)) return true;
+  }
   return /not found/i.test(errorMessage(err));
 }
 
@@ -87,7 +355,10 @@ export async function newestSequence(
   options: { readonly stream: string; readonly subject: string },
 ): Promise<number> {
   try {
-    const stored = await jsm.streams.getMessage(options.stream, { last_by_subj: options.subject });
+    const stored = await ask(
+      `msg get ${options.stream} last_by_subj ${options.subject}`,
+      () => jsm.streams.getMessage(options.stream, { last_by_subj: options.subject }),
+    );
     return stored?.seq ?? 0;
   } catch (err) {
     if (isNotFound(err)) return 0;
