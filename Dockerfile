@@ -8,7 +8,7 @@ COPY main.ts ./
 COPY lib/ lib/
 COPY scripts/ scripts/
 RUN deno install --frozen --entrypoint main.ts lib/worker.ts
-# Hosts this image's binary may reach besides localhost (deno.json permission set).
+# Hosts this image's binary may reach besides localhost (build-time scope, lib/permissions.ts).
 ARG GATEWAY_NATS_HOSTS=nats
 RUN GATEWAY_NATS_HOSTS="${GATEWAY_NATS_HOSTS}" GATEWAY_COMPILE_OUTPUT=/src/dist/gateway deno task compile
 

@@ -72,7 +72,7 @@ function reportInvalid(logger: Logger, err: unknown): undefined {
 }
 
 /** `gateway --health-check`: exit 0 when the local gateway's /health says healthy (Docker). */
-async function healthCheck(port: number): Promise<number> {
+async function healthCheck(port: number, logger: Logger): Promise<number> {
   try {
     const response = await fetch(`http://127.0.0.1:${port}/health`, {
       signal: AbortSignal.timeout(3_000),
@@ -81,7 +81,7 @@ async function healthCheck(port: number): Promise<number> {
     console.log(JSON.stringify(body));
     return response.ok && body.status === "healthy" ? 0 : 1;
   } catch (err) {
-    console.error(`health check failed: ${err instanceof Error ? err.message : String(err)}`);
+    logger.error("health check failed", { error: err });
     return 1;
   }
 }
@@ -89,8 +89,17 @@ async function healthCheck(port: number): Promise<number> {
 export async function main(args: readonly string[] = Deno.args): Promise<number> {
   const config = loadConfig();
   if (config === undefined) return 2;
-  if (args.includes("--health-check")) return await healthCheck(config.port);
+  if (args.includes("--health-check")) {
+    return await healthCheck(config.port, createLogger(config.logLevel));
+  }
   const logger = createLogger(config.logLevel);
+  // Listening from the start: a signal during startup stops the gateway as soon as it is up,
+  // instead of killing the process (the default action) with clients half-attached.
+  const stopSignal = new Promise<Deno.Signal>((resolve) => {
+    for (const signal of STOP_SIGNALS) {
+      Deno.addSignalListener(signal, () => resolve(signal));
+    }
+  });
   let gateway: RunningGateway;
   try {
     gateway = config.workers > 1
@@ -100,12 +109,6 @@ export async function main(args: readonly string[] = Deno.args): Promise<number>
     logger.error("gateway failed to start", { error: err });
     return 1;
   }
-
-  const stopSignal = new Promise<Deno.Signal>((resolve) => {
-    for (const signal of STOP_SIGNALS) {
-      Deno.addSignalListener(signal, () => resolve(signal));
-    }
-  });
   const outcome = await Promise.race([
     stopSignal.then((signal) => ({ signal, error: undefined })),
     gateway.failed.then((error) => ({ signal: undefined, error })),

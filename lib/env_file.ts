@@ -225,6 +225,18 @@ function isVariableLike(name: string): boolean {
   return KNOWN.has(upper) || upper.startsWith("GATEWAY_") || upper.startsWith("NATS_");
 }
 
+/**
+ * Read by `deno task compile` (scripts/compile.ts), not by the gateway: an operator may well keep
+ * them in the environment the gateway later runs in, so they are not reported as misspellings.
+ */
+const BUILD_TIME: ReadonlySet<string> = new Set([
+  "GATEWAY_NATS_HOSTS",
+  "GATEWAY_LISTEN_HOSTS",
+  "GATEWAY_READ_PATHS",
+  "GATEWAY_COMPILE_OUTPUT",
+  "GATEWAY_COMPILE_TARGET",
+]);
+
 /** Unprefixed names the gateway reads (PORT, LOG_LEVEL): their near misses are checked too. */
 const UNPREFIXED = ENV_VARIABLES.filter((n) => !n.startsWith("GATEWAY_") && !n.startsWith("NATS_"));
 
@@ -238,7 +250,7 @@ export function findUnknownVariables(
 ): UnknownVariable[] {
   const unknown: UnknownVariable[] = [];
   for (const name of names) {
-    if (KNOWN.has(name)) continue;
+    if (KNOWN.has(name) || BUILD_TIME.has(name)) continue;
     const upper = name.toUpperCase();
     const meant = isVariableLike(name) || UNPREFIXED.some((k) => editDistance(upper, k) <= 1);
     if (meant) unknown.push({ name, source: sourceOf(name), closest: closestKnownName(name) });

@@ -1,22 +1,19 @@
 /**
- * `deno task compile`: builds dist/gateway with `deno compile`, with exactly the permissions of
- * deno.json's `gateway` set, widened by GATEWAY_NATS_HOSTS / GATEWAY_LISTEN_HOSTS when given.
- * Deno downloads its runtime base binary (denort) on first use; where that cannot be
- * downloaded, point DENORT_BIN at a local copy. GATEWAY_COMPILE_TARGET cross-compiles.
+ * `deno task compile`: builds dist/gateway with `deno compile`, with the binary permission scope of
+ * lib/permissions.ts (buildScope), widened by GATEWAY_NATS_HOSTS / GATEWAY_LISTEN_HOSTS /
+ * GATEWAY_READ_PATHS when given. Deno downloads its runtime base binary (denort) on first use;
+ * where that cannot be downloaded, point DENORT_BIN at a local copy. GATEWAY_COMPILE_TARGET
+ * cross-compiles.
  */
-import {
-  parseHostList,
-  permissionFlags,
-  readPermissionSet,
-  readUnstableFlags,
-} from "./permissions.ts";
+import { buildScope, permissionFlags } from "../lib/permissions.ts";
+import { parseHostList, parsePathList, readUnstableFlags } from "./permissions.ts";
 
 export async function compileArgs(env: Record<string, string | undefined>): Promise<string[]> {
-  const set = await readPermissionSet();
-  const flags = permissionFlags(set, {
+  const flags = permissionFlags(buildScope({
     natsHosts: parseHostList("GATEWAY_NATS_HOSTS", env.GATEWAY_NATS_HOSTS),
     listenHosts: parseHostList("GATEWAY_LISTEN_HOSTS", env.GATEWAY_LISTEN_HOSTS),
-  });
+    readPaths: parsePathList("GATEWAY_READ_PATHS", env.GATEWAY_READ_PATHS),
+  }));
   const output = env.GATEWAY_COMPILE_OUTPUT || "dist/gateway";
   const target = env.GATEWAY_COMPILE_TARGET ? ["--target", env.GATEWAY_COMPILE_TARGET] : [];
   return [

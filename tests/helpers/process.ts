@@ -1,6 +1,9 @@
-/** Runs the real main.ts as `deno task start` does: same permission flags, read from deno.json. */
+/**
+ * Runs the gateway as `deno task start` does: the start task's command line from deno.json, i.e.
+ * the launcher (scripts/start.ts), which derives the permissions and runs main.ts with them.
+ */
 
-/** The args of the `start` task after `deno`, e.g. ["run", "-P=gateway", "main.ts"]. */
+/** The args of the `start` task after `deno`, e.g. ["run", …, "scripts/start.ts"]. */
 export async function startTaskArgs(): Promise<string[]> {
   const config = JSON.parse(await Deno.readTextFile(new URL("../../deno.json", import.meta.url)));
   const [deno, ...args] = (config.tasks.start as string).split(/\s+/);
@@ -22,7 +25,6 @@ export class GatewayProcess implements AsyncDisposable {
   readonly listening: Promise<Deno.NetAddr>;
 
   private constructor(readonly child: Deno.ChildProcess) {
-    this.status = child.status;
     let resolveAddr: (addr: Deno.NetAddr) => void;
     let rejectAddr: (err: Error) => void;
     this.listening = new Promise((resolve, reject) => {
@@ -51,6 +53,8 @@ export class GatewayProcess implements AsyncDisposable {
       collect(child.stderr, this.stderr),
     ]);
     done.then(() => rejectAddr(new Error(`gateway exited before listening:\n${this.output}`)));
+    // Resolves once everything printed is collected, so `output` is complete when it does.
+    this.status = Promise.all([child.status, done]).then(([status]) => status);
   }
 
   /** Everything the process printed, both streams. */
@@ -58,12 +62,24 @@ export class GatewayProcess implements AsyncDisposable {
     return [...this.lines, ...this.stderr].join("\n");
   }
 
+  /**
+   * `args`: the deno arguments, by default the start task's; `env` is all the environment it
+   * gets besides PATH (the launcher runs `deno` from PATH) and the defaults below.
+   */
   static async spawn(env: Record<string, string>, args?: string[]): Promise<GatewayProcess> {
     const child = new Deno.Command(Deno.execPath(), {
       args: args ?? await startTaskArgs(),
       cwd: new URL("../..", import.meta.url).pathname,
-      env: { GATEWAY_HOST: "127.0.0.1", GATEWAY_PORT: "0", NO_COLOR: "1", ...env },
+      env: {
+        PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
+        GATEWAY_HOST: "127.0.0.1",
+        GATEWAY_PORT: "0",
+        NO_COLOR: "1",
+        ...env,
+      },
       clearEnv: true,
+      // Its own process group, so disposing kills the launcher's child (main.ts) with it.
+      detached: true,
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
@@ -71,6 +87,7 @@ export class GatewayProcess implements AsyncDisposable {
     return new GatewayProcess(child);
   }
 
+  /** Signals the spawned process: the launcher, which forwards SIGINT/SIGTERM/SIGHUP. */
   kill(signal: Deno.Signal = "SIGTERM"): void {
     try {
       this.child.kill(signal);
@@ -79,8 +96,28 @@ export class GatewayProcess implements AsyncDisposable {
     }
   }
 
+  /**
+   * The pid of the process running main.ts: the launcher's child under the start task (for
+   * RSS and the like); the spawned process itself when `args` ran main.ts directly.
+   */
+  async gatewayPid(): Promise<number> {
+    await this.listening;
+    const tasks = `/proc/${this.child.pid}/task`;
+    const children: number[] = [];
+    for await (const task of Deno.readDir(tasks)) {
+      const text = await Deno.readTextFile(`${tasks}/${task.name}/children`).catch(() => "");
+      children.push(...text.trim().split(/\s+/).filter((pid) => pid !== "").map(Number));
+    }
+    if (children.length > 1) throw new Error(`more than one child: ${children.join(", ")}`);
+    return children[0] ?? this.child.pid;
+  }
+
   async [Symbol.asyncDispose](): Promise<void> {
-    this.kill("SIGKILL");
+    try {
+      Deno.kill(-this.child.pid, "SIGKILL");
+    } catch {
+      // The group is gone already.
+    }
     await this.status;
   }
 }

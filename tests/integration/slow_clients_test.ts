@@ -31,7 +31,7 @@ Deno.test("stalled clients are bounded, conflated and closed; normal clients get
   const normal = await Promise.all(Array.from({ length: NORMAL }, () => Client.open(addr)));
   const stalled = await Promise.all(Array.from({ length: STALLED }, () => RawPeer.connect(addr)));
   for (const peer of stalled) assert.equal(peer.response.status, 101);
-  const rssBefore = await rssBytes(gateway.child.pid);
+  const rssBefore = await rssBytes(await gateway.gatewayPid());
 
   const payloads = Array.from({ length: MESSAGES }, (_, i) => levelsSignal(i));
   // A high but sustainable rate (~400 msg/s, 3.3 MB/s per client): normal clients keep up.
@@ -46,7 +46,7 @@ Deno.test("stalled clients are bounded, conflated and closed; normal clients get
       if (received[i] !== payloads[i]) assert.fail(`client got message ${i} out of order`);
     }
   }
-  const rssAfter = await rssBytes(gateway.child.pid);
+  const rssAfter = await rssBytes(await gateway.gatewayPid());
   const growth = rssAfter - rssBefore;
   // Unbounded, each stalled client would hold ~(MESSAGES × 8 KB − kernel buffers) ≈ 14+ MB.
   assert.ok(growth < 60 * 1024 * 1024, `gateway RSS grew by ${(growth / 1048576).toFixed(1)} MB`);
