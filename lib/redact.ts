@@ -2,22 +2,41 @@
 
 export const REDACTED = "[REDACTED]";
 
+/** A server entry with no credentials: `[scheme://]host[:port]`. */
+const PLAIN_SERVER = /^\s*(?:[a-z][a-z0-9+.-]*:\/\/)?(?:\[[0-9a-f:.]*\]|[\w.-]+)(?::\d+)?\/?\s*$/i;
+
 /**
  * A server list (`nats://user:pass@a:4222,b:4222`) with every password or token replaced:
  * `nats://user:[REDACTED]@a:4222`; a token (`nats://tok@a:4222`) becomes `[REDACTED]@`.
- * Anything that does not parse as a URL is shown only up to its scheme, never as given.
+ * Works on the raw text, so a value that does not parse is redacted too: a password holding
+ * an unencoded `,` (which splits it into entries that are not servers) is hidden whole.
  */
 export function redactUrl(list: string): string {
-  return list.split(",").map((entry) => redactOne(entry.trim())).join(",");
+  const entries = list.split(",");
+  const shown: string[] = [];
+  for (let i = 0; i < entries.length; i++) {
+    let entry = entries[i];
+    // Not a server and an `@` follows: the start of a password that holds a comma.
+    if (!entry.includes("@") && !PLAIN_SERVER.test(entry)) {
+      const end = entries.findIndex((e, j) => j > i && e.includes("@"));
+      if (end > i) {
+        entry = entries.slice(i, end + 1).join(",");
+        i = end;
+      }
+    }
+    shown.push(redactEntry(entry));
+  }
+  return shown.join(",");
 }
 
-function redactOne(entry: string): string {
+/** One entry: everything between the scheme and the last `@` is the userinfo. */
+function redactEntry(entry: string): string {
   const at = entry.lastIndexOf("@");
   if (at < 0) return entry;
   const schemeEnd = entry.indexOf("://");
-  const start = schemeEnd < 0 ? 0 : schemeEnd + 3;
+  const start = schemeEnd < 0 || schemeEnd > at ? 0 : schemeEnd + 3;
   const userinfo = entry.slice(start, at);
   const colon = userinfo.indexOf(":");
-  const shown = colon < 0 ? REDACTED : `${userinfo.slice(0, colon)}:${REDACTED}`;
-  return `${entry.slice(0, start)}${shown}${entry.slice(at)}`;
+  const user = colon < 0 ? "" : `${userinfo.slice(0, colon)}:`;
+  return `${entry.slice(0, start)}${user}${REDACTED}${entry.slice(at)}`;
 }

@@ -1,5 +1,5 @@
 /** Small shared fixtures: config for a test gateway, a publisher, a recording WebSocket client. */
-import { connect, type NatsConnection } from "@nats-io/transport-deno";
+import { connect, type ConnectionOptions, type NatsConnection } from "@nats-io/transport-deno";
 import { jetstream, type JetStreamClient } from "@nats-io/jetstream";
 import { type Config, parseConfig } from "../../lib/config.ts";
 import { createLogger, type Logger } from "../../lib/log.ts";
@@ -27,8 +27,9 @@ export function recordingLogger(): Logger & { lines: Record<string, unknown>[] }
 export class Publisher implements AsyncDisposable {
   private constructor(readonly nc: NatsConnection, readonly js: JetStreamClient) {}
 
-  static async connect(url: string): Promise<Publisher> {
-    const nc = await connect({ servers: url });
+  /** `options` adds client options (credentials, TLS) for servers that require them. */
+  static async connect(url: string, options: ConnectionOptions = {}): Promise<Publisher> {
+    const nc = await connect({ ...options, servers: url });
     return new Publisher(nc, jetstream(nc));
   }
 

@@ -33,6 +33,13 @@ export async function findNatsServer(): Promise<string> {
   );
 }
 
+export interface NatsServerOptions {
+  /** nats-server config file text (e.g. authorization, tls, operator); written into the store dir. */
+  readonly config?: string;
+  /** Extra command-line arguments, after the defaults (which they may override). */
+  readonly args?: readonly string[];
+}
+
 export class NatsServer implements AsyncDisposable {
   #child: Deno.ChildProcess | undefined;
   #log: string[] = [];
@@ -40,6 +47,7 @@ export class NatsServer implements AsyncDisposable {
     readonly bin: string,
     readonly storeDir: string,
     public port: number,
+    readonly options: NatsServerOptions = {},
   ) {}
 
   /** `nats://127.0.0.1:PORT` */
@@ -56,19 +64,37 @@ export class NatsServer implements AsyncDisposable {
     return this.#log.slice(-50).join("\n");
   }
 
-  static async start(): Promise<NatsServer> {
+  /** With no options: a bare server with JetStream, no auth, no TLS. */
+  static async start(options: NatsServerOptions = {}): Promise<NatsServer> {
     const bin = await findNatsServer();
     const storeDir = await Deno.makeTempDir({ prefix: "gateway-nats-" });
-    const server = new NatsServer(bin, storeDir, -1);
-    await server.restart();
+    const server = new NatsServer(bin, storeDir, -1, options);
+    try {
+      await server.restart();
+    } catch (err) {
+      await Deno.remove(storeDir, { recursive: true }).catch(() => {});
+      throw err;
+    }
     return server;
+  }
+
+  /** The command line: config file first, so the port and store given here win. */
+  async #args(): Promise<string[]> {
+    const args: string[] = [];
+    if (this.options.config !== undefined) {
+      const path = `${this.storeDir}/nats-server.conf`;
+      await Deno.writeTextFile(path, this.options.config);
+      args.push("-c", path);
+    }
+    args.push("-a", "127.0.0.1", "-p", String(this.port), "-js", "-sd", this.storeDir);
+    return [...args, ...(this.options.args ?? [])];
   }
 
   /** Starts the server (again) on the same port and store. */
   async restart(): Promise<void> {
     if (this.#child) throw new Error("nats-server is already running");
     const child = new Deno.Command(this.bin, {
-      args: ["-a", "127.0.0.1", "-p", String(this.port), "-js", "-sd", this.storeDir],
+      args: await this.#args(),
       stdin: "null",
       stdout: "null",
       stderr: "piped",
