@@ -41,6 +41,9 @@ export interface BroadcasterOptions {
   /** How often clients that are behind are checked for room. Default 20 ms. */
   readonly drainCheckMs?: number;
   readonly now?: () => number;
+  /** Timer for the drain check; tests replace it to run ticks themselves. Default setInterval. */
+  readonly setInterval?: (tick: () => void, ms: number) => unknown;
+  readonly clearInterval?: (id: unknown) => void;
 }
 
 /** What the Broadcaster reports; the gateway turns these into metrics and logs. */
@@ -57,6 +60,8 @@ interface Client {
   readonly socket: ClientSocket;
   /** When the client first went over its bound (ms), or -1. */
   behindSince: number;
+  /** The #generation of the last payload sent to it: the drain never sends one twice. */
+  sentGeneration: number;
 }
 
 export class Broadcaster {
@@ -70,10 +75,18 @@ export class Broadcaster {
   #latest: string | null = null;
   /** UTF-8 size of #latest, which is what a client that was behind is sent when it drains. */
   #latestBytes = 0;
-  #drainTimer: ReturnType<typeof setInterval> | undefined;
+  /** Bumped with each new #latest, so a client's last payload is known without comparing text. */
+  #generation = 0;
+  #drainTimer: unknown;
 
   constructor(options: BroadcasterOptions, events: BroadcasterEvents = {}) {
-    this.#options = { drainCheckMs: 20, now: Date.now, ...options };
+    this.#options = {
+      drainCheckMs: 20,
+      now: Date.now,
+      setInterval: (tick, ms) => setInterval(tick, ms),
+      clearInterval: (id) => clearInterval(id as ReturnType<typeof setInterval>),
+      ...options,
+    };
     this.#events = events;
   }
 
@@ -91,6 +104,7 @@ export class Broadcaster {
   seed(payload: string, byteLength = payload.length): void {
     this.#latest = payload;
     this.#latestBytes = byteLength;
+    this.#generation++;
   }
 
   /**
@@ -99,7 +113,7 @@ export class Broadcaster {
    */
   add(socket: ClientSocket): void {
     if (this.#clients.has(socket)) return;
-    const client: Client = { socket, behindSince: -1 };
+    const client: Client = { socket, behindSince: -1, sentGeneration: 0 };
     this.#clients.set(socket, client);
     if (this.#latest !== null && this.#deliver(client, this.#latest)) {
       this.#events.delivered?.(1, this.#latestBytes);
@@ -129,6 +143,7 @@ export class Broadcaster {
   broadcast(payload: string, byteLength = payload.length): void {
     this.#latest = payload;
     this.#latestBytes = byteLength;
+    this.#generation++;
     let delivered = 0;
     for (const client of this.#clients.values()) {
       if (this.#deliver(client, payload)) delivered++;
@@ -172,9 +187,13 @@ export class Broadcaster {
     return this.#send(client, payload);
   }
 
+  /** Sends the newest payload; a client sent it is owed nothing, so it leaves the behind set. */
   #send(client: Client, payload: string): boolean {
     try {
       client.socket.send(payload);
+      client.sentGeneration = this.#generation;
+      client.behindSince = -1;
+      this.#behind.delete(client);
       return true;
     } catch (err) {
       this.#events.sendFailed?.(err);
@@ -204,9 +223,11 @@ export class Broadcaster {
       }
       const payload = this.#latest!;
       const queued = socket.bufferedAmount;
-      if (queued === 0 || queued + payload.length <= this.#options.clientBufferBytes) {
+      if (client.sentGeneration === this.#generation) {
+        // Already has the newest (sent directly since it fell behind): owed nothing.
         this.#behind.delete(client);
         client.behindSince = -1;
+      } else if (queued === 0 || queued + payload.length <= this.#options.clientBufferBytes) {
         if (this.#send(client, payload)) this.#events.delivered?.(1, this.#latestBytes);
       } else if (now - client.behindSince >= this.#options.slowClientTimeoutMs) {
         this.#closeSlow(client);
@@ -217,12 +238,15 @@ export class Broadcaster {
 
   #startDrainTimer(): void {
     if (this.#drainTimer !== undefined) return;
-    this.#drainTimer = setInterval(() => this.#drainBehind(), this.#options.drainCheckMs);
+    this.#drainTimer = this.#options.setInterval(
+      () => this.#drainBehind(),
+      this.#options.drainCheckMs,
+    );
   }
 
   #stopDrainTimerIfIdle(): void {
     if (this.#drainTimer === undefined || this.#behind.size > 0) return;
-    clearInterval(this.#drainTimer);
+    this.#options.clearInterval(this.#drainTimer);
     this.#drainTimer = undefined;
   }
 }

@@ -156,6 +156,19 @@ export class GatewayMetrics {
     "WebSocket upgrades refused, by reason.",
     [{ reason: "limit" }, { reason: "bad_request" }, { reason: "unauthorized" }],
   );
+  readonly upgradesAbandoned = new Counter(
+    "gateway_ws_upgrades_abandoned_total",
+    "Upgraded sockets that never opened (reset before the 101), let go after 10 s.",
+  );
+  readonly listenerRestarts = new Counter(
+    "gateway_http_listener_restarts_total",
+    "Times Deno's accept loop died (e.g. out of file descriptors) and the gateway listened again.",
+  );
+  readonly socketsHeld = new Gauge(
+    "gateway_ws_sockets_held",
+    "WebSocket sockets counted against GATEWAY_MAX_CONNECTIONS: opening, open, or closing.",
+    "sum",
+  );
   readonly connectionsClosed = new Counter(
     "gateway_ws_connections_closed_total",
     "WebSocket clients gone, by reason.",

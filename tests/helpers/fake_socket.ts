@@ -22,6 +22,11 @@ export class FakeSocket extends EventTarget implements ClientSocket {
     this.readyState = 2;
   }
 
+  /** Lets `bytes` of the queue go and keeps the stall as it is (a client reading a little). */
+  consume(bytes: number): void {
+    this.bufferedAmount = Math.max(0, this.bufferedAmount - bytes);
+  }
+
   /** Lets the queued bytes go, as a client that reads again. */
   drain(): void {
     this.stalled = false;

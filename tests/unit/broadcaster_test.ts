@@ -176,3 +176,17 @@ Deno.test("delivered bytes are the UTF-8 size, for the snapshot and catch-up sen
   assert.deepEqual([counts.delivered, counts.bytes], [3, 33]);
   b.closeAll(1001, "done");
 });
+
+Deno.test("a client that fell behind and has room again gets the newest payload once", async () => {
+  const { b } = broadcaster({ clientBufferBytes: 10 });
+  const s = new FakeSocket();
+  b.add(s);
+  s.stalled = true;
+  b.broadcast('{"n":1}'); // queue empty: sent, now 7 bytes queued
+  b.broadcast('{"n":2}'); // over the bound: owed the newest
+  s.drain(); // room again, before the drain tick
+  b.broadcast('{"n":3}'); // sent directly; the client is owed nothing now
+  await new Promise((resolve) => setTimeout(resolve, 10)); // drain ticks run
+  assert.deepEqual(s.sent, ['{"n":1}', '{"n":3}']);
+  b.closeAll(1001, "done");
+});

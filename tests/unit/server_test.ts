@@ -2,14 +2,21 @@ import assert from "node:assert/strict";
 import { Broadcaster } from "../../lib/broadcaster.ts";
 import { GatewayMetrics } from "../../lib/metrics.ts";
 import { createHandler, type HealthReport, type Upgrade } from "../../lib/server.ts";
+import { Sessions } from "../../lib/session.ts";
 import { FakeSocket } from "../helpers/fake_socket.ts";
 import { recordingLogger } from "../helpers/fixtures.ts";
 
 function setup(
-  overrides: { healthy?: boolean; maxConnections?: number; authTokens?: string[] } = {},
+  overrides: {
+    healthy?: boolean;
+    maxConnections?: number;
+    authTokens?: string[];
+    openTimeoutMs?: number;
+  } = {},
 ) {
   const broadcaster = new Broadcaster({ clientBufferBytes: 1000, slowClientTimeoutMs: 1000 });
   const metrics = new GatewayMetrics(() => broadcaster.size);
+  const sessions = new Sessions({ metrics, openTimeoutMs: overrides.openTimeoutMs ?? 50 });
   const sockets: FakeSocket[] = [];
   let now = 0;
   const upgrade: Upgrade = (request) => {
@@ -38,6 +45,7 @@ function setup(
     logger: recordingLogger(),
     health,
     maxConnections: overrides.maxConnections ?? 0,
+    sessions,
     authTokens: overrides.authTokens,
     idleTimeoutSeconds: 30,
     clientMaxFrameBytes: 64,
@@ -48,7 +56,17 @@ function setup(
   /** The handler, always as a promise (routes answer synchronously with one worker). */
   const handler = async (request: Request) => await handle(request);
   const open = (socket: FakeSocket) => socket.dispatchEvent(new Event("open"));
-  return { handler, broadcaster, metrics, sockets, open, advance: (ms: number) => (now += ms) };
+  const close = (socket: FakeSocket) => socket.dispatchEvent(new CloseEvent("close"));
+  return {
+    handler,
+    broadcaster,
+    metrics,
+    sessions,
+    sockets,
+    open,
+    close,
+    advance: (ms: number) => (now += ms),
+  };
 }
 
 const signalText = '{"seq":1}';
@@ -130,7 +148,7 @@ Deno.test("an upgraded socket joins the broadcaster on open and leaves on close"
 });
 
 Deno.test("past the connection limit upgrades get 503 with Retry-After", async () => {
-  const { handler, sockets, open, metrics } = setup({ maxConnections: 2 });
+  const { handler, sockets, open, metrics, sessions, close } = setup({ maxConnections: 2 });
   handler(wsRequest());
   handler(wsRequest());
   open(sockets[0]);
@@ -138,6 +156,8 @@ Deno.test("past the connection limit upgrades get 503 with Retry-After", async (
   assert.equal(refused.status, 503);
   assert.equal(refused.headers.get("retry-after"), "5");
   assert.equal(metrics.connectionsRejected.get({ reason: "limit" }), 1);
+  close(sockets[0]);
+  await sessions.idle(); // the unopened socket is let go after the open bound
 });
 
 Deno.test("client frames: ping answered, binary 1003, too big 1009, flood 1008", () => {
@@ -204,4 +224,51 @@ Deno.test("with GATEWAY_AUTH_TOKENS a client needs a token, else 1008 before any
   assert.equal(broadcaster.size, 2);
   assert.equal(metrics.connectionsRejected.get({ reason: "unauthorized" }), 2);
   assert.equal(metrics.connectionsOpened.get(), 2);
+});
+
+Deno.test("upgrades reset before they open are let go after the open bound: no lockout", async () => {
+  const { handler, sockets, open, metrics, sessions } = setup({
+    maxConnections: 3,
+    openTimeoutMs: 30,
+  });
+  // Reset before the 101: Deno dispatches neither open nor close for these.
+  for (let i = 0; i < 3; i++) assert.equal((await handler(wsRequest())).status, 200);
+  assert.equal((await handler(wsRequest())).status, 503, "held while they might still open");
+  await sessions.idle();
+  assert.equal(metrics.upgradesAbandoned.get(), 3);
+  assert.equal(metrics.socketsHeld.get(), 0);
+  const later = await handler(wsRequest());
+  assert.equal(later.status, 200, "a later client gets in");
+  open(sockets.at(-1)!);
+  sockets.at(-1)!.dispatchEvent(new CloseEvent("close"));
+  await sessions.idle();
+});
+
+Deno.test("sockets the gateway closed count against the limit until their close event", async () => {
+  const token = "s3cret-token-0123456789";
+  const { handler, broadcaster, sockets, open, close, sessions } = setup({
+    maxConnections: 3,
+    authTokens: [token],
+  });
+  // Two clients without a token: closed with 1008; a peer that never reads never finishes.
+  handler(wsRequest());
+  handler(wsRequest());
+  // One client that stops reading: closed with 4008 by the Broadcaster.
+  handler(wsRequest(`?token=${token}`));
+  sockets.forEach(open);
+  sockets[2].stalled = true;
+  broadcaster.broadcast("x".repeat(600));
+  broadcaster.broadcast("y".repeat(600));
+  await new Promise((resolve) => setTimeout(resolve, 1100)); // past the slow timeout
+  assert.equal(sockets[2].closedWith?.code, 4008);
+  assert.equal(broadcaster.size, 0);
+  assert.equal(sockets[0].closedWith?.code, 1008);
+  const refused = await handler(wsRequest(`?token=${token}`));
+  assert.equal(refused.status, 503, "closing sockets still hold their slots");
+  close(sockets[0]);
+  const admitted = await handler(wsRequest(`?token=${token}`));
+  assert.equal(admitted.status, 200, "a slot frees at the close event");
+  sockets.slice(1).forEach(open);
+  sockets.forEach(close);
+  await sessions.idle();
 });
