@@ -51,6 +51,13 @@ export interface Config {
    * min(3, JetStream cluster size).
    */
   readonly streamReplicas: number;
+  /**
+   * GATEWAY_FD_LIMIT: the process's file-descriptor limit (`ulimit -n`), which caps connections
+   * below it. Default 0: read from the OS where Deno allows it (it needs --allow-all for /proc);
+   * `deno task start` sets it from `ulimit -Sn`; a compiled binary should be given it (the
+   * systemd unit sets it beside LimitNOFILE).
+   */
+  readonly fdLimit: number;
   /** GATEWAY_STRICT_CONFIG: unknown GATEWAY_* / NATS_* variables are an error, not a warning. */
   readonly strictConfig: boolean;
   /** GATEWAY_HOST: listen address. Default `0.0.0.0`. */
@@ -143,6 +150,7 @@ export const ENV_VARIABLES = [
   "GATEWAY_CREATE_STREAMS",
   "GATEWAY_STREAM_REPLICAS",
   "GATEWAY_STRICT_CONFIG",
+  "GATEWAY_FD_LIMIT",
   "GATEWAY_HOST",
   "GATEWAY_PORT",
   "PORT",
@@ -394,6 +402,7 @@ export function parseConfig(env: Env, cpus = navigator.hardwareConcurrency): Con
     createStreams: readBoolean(env, "GATEWAY_CREATE_STREAMS", true),
     streamReplicas: readInteger(env, "GATEWAY_STREAM_REPLICAS", 0, 0, 5),
     strictConfig: readBoolean(env, "GATEWAY_STRICT_CONFIG", false),
+    fdLimit: readInteger(env, "GATEWAY_FD_LIMIT", 0, 0),
     host: parseHost(env),
     port: readInteger(env, portName, 8000, 0, 65535),
     subject,

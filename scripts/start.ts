@@ -64,12 +64,15 @@ export async function launch(args: readonly string[]): Promise<number> {
     createLogger("info").error("invalid configuration", { error: err.message });
     return 2;
   }
+  // Deno refuses /proc/self/limits without --allow-all, so the gateway learns its fd limit here.
+  const fdLimit = Deno.env.get("GATEWAY_FD_LIMIT")?.trim() || await softFdLimit();
   // `deno` from PATH: the launcher's --allow-run names it, while Deno.execPath() may be the
   // target of a symlink that the grant does not cover.
   let child: Deno.ChildProcess;
   try {
     child = new Deno.Command("deno", {
       args: gatewayArgs(scope, args),
+      ...(fdLimit ? { env: { GATEWAY_FD_LIMIT: fdLimit } } : {}),
       stdin: "inherit",
       stdout: "inherit",
       stderr: "inherit",
@@ -90,6 +93,22 @@ export async function launch(args: readonly string[]): Promise<number> {
   const status = await child.status;
   for (const [signal, listener] of listeners) Deno.removeSignalListener(signal, listener);
   return status.code;
+}
+
+/** `ulimit -Sn` as a number string, or "" when unlimited or unknown (the cap then stays as set). */
+async function softFdLimit(): Promise<string> {
+  try {
+    const { stdout, success } = await new Deno.Command("sh", {
+      args: ["-c", "ulimit -Sn"],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "null",
+    }).output();
+    const text = new TextDecoder().decode(stdout).trim();
+    return success && /^\d+$/.test(text) ? text : "";
+  } catch {
+    return "";
+  }
 }
 
 if (import.meta.main) {

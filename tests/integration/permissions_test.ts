@@ -40,7 +40,7 @@ Deno.test("start task: runs the launcher, no permission set left in deno.json", 
     "--no-prompt",
     "--allow-env",
     "--allow-read",
-    "--allow-run=deno",
+    "--allow-run=deno,sh",
     "scripts/start.ts",
   ]);
 });
