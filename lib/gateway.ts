@@ -1,20 +1,39 @@
 /** Wires config, NATS, the Broadcaster and the HTTP server into one running gateway. */
 import { headers, type NatsConnection } from "@nats-io/transport-deno";
-import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
+import {
+  jetstream,
+  type JetStreamClient,
+  type JetStreamManager,
+  jetstreamManager,
+} from "@nats-io/jetstream";
 import { Broadcaster, CloseCode } from "./broadcaster.ts";
 import { connectNats, NatsUnavailableError } from "./nats/connection.ts";
-import { consumeSubject } from "./nats/consumer.ts";
-import { ensureStreams, newestSequence } from "./nats/streams.ts";
+import { type BusMessage, SnapshotConsumer } from "./nats/consumer.ts";
+import { ask, ensureRelayedStream, newestSequence, setUpStreams } from "./nats/streams.ts";
+import { FreshnessWatch, RelayProgress } from "./relay.ts";
+import { redactUrl } from "./redact.ts";
 import { delay, errorMessage } from "./util.ts";
 import type { Config } from "./config.ts";
 import { createLogger, type Logger, rateLimited } from "./log.ts";
-import { GatewayMetrics, type MetricSnapshot, renderMetrics } from "./metrics.ts";
+import { GatewayMetrics, type MetricSnapshot } from "./metrics.ts";
 import { checkPayload } from "./payload.ts";
-import { combineHealth, createHandler, type HealthReport } from "./server.ts";
+import { checkPermissions } from "./permissions.ts";
+import { createHandler } from "./server.ts";
+import { connectionCap, readFdLimit, type ResilientServer, serveResilient } from "./fd_limit.ts";
+import { Sessions } from "./session.ts";
+import type { HealthReport, LocalState, ProcessView } from "./health.ts";
 import { VERSION } from "./version.ts";
 
-/** How often consumer lag is measured. */
-const LAG_POLL_MS = 5_000;
+/**
+ * How often the stream's newest sequence is compared with the last one received: lag, and
+ * whether the consumer is receiving at all (/health turns unhealthy about one check after a
+ * stored message is not received).
+ */
+const LAG_POLL_MS = 1_000;
+/** A consumer that has not received a stored message for this many checks is replaced. */
+const STALLED_CHECKS_BEFORE_RESTART = 3;
+/** How long the answer "does a stream capture the dead-letter subject?" is kept. */
+const DEAD_LETTER_STREAM_RECHECK_MS = 60_000;
 
 /** A running gateway as main.ts sees it: one isolate, or several (lib/cluster.ts). */
 export interface RunningGateway extends AsyncDisposable {
@@ -39,24 +58,19 @@ export interface Gateway extends RunningGateway {
 
 export interface GatewayOptions {
   readonly logger?: Logger;
-  /** How often consumer lag is measured (and a stalled consumer detected). Default 5 s. */
+  /** How often consumer lag is measured (and a stalled consumer detected). Default 1 s. */
   readonly lagPollMs?: number;
   /** Share the port with other isolates (SO_REUSEPORT); set by lib/cluster.ts. */
   readonly reusePort?: boolean;
   /**
-   * The reports of every isolate serving the port, this one's included; set by lib/cluster.ts
-   * so /health and /metrics describe the whole process whichever worker answers.
+   * Set by lib/worker.ts: /health and /metrics for the whole process whichever worker answers,
+   * from state the workers publish (lib/health.ts), given this isolate's live state.
    */
-  readonly allReports?: () => Promise<readonly InstanceReport[]>;
+  readonly processView?: (local: LocalState) => ProcessView;
 }
 
-/** Raised when the listen address is outside what this build may bind. */
-export class PermissionScopeError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "PermissionScopeError";
-  }
-}
+/** Raised when the configuration names what this process may not reach, bind or read. */
+export { PermissionScopeError } from "./permissions.ts";
 
 /** Starts the gateway; rejects (NATS unreachable, permission refused, port taken) before serving. */
 export async function startGateway(
@@ -64,15 +78,16 @@ export async function startGateway(
   options: GatewayOptions = {},
 ): Promise<Gateway> {
   const logger = options.logger ?? createLogger(config.logLevel);
-  const { allReports } = options;
   const startedAt = Date.now();
-  await checkNetPermissions(config);
+  await checkPermissions(config);
 
   let lastMessageTs: number | null = null;
   let consumerLag: number | null = null;
   let natsConnected = false;
   /** True while a JetStream consumer is delivering; false while it is being (re)created. */
   let consumerActive = false;
+  /** True while a message the stream holds has gone unreceived for a whole check. */
+  let receivingStalled = false;
   let failWith: (error: Error) => void = () => {};
   const failed = new Promise<Error>((resolve) => (failWith = resolve));
 
@@ -104,6 +119,7 @@ export async function startGateway(
     connectTimeoutMs: config.natsConnectTimeoutMs,
     name: "gateway",
     logger,
+    credentials: config,
   }).catch((err) => {
     throw err instanceof NatsUnavailableError ? err : new NatsUnavailableError(
       `Cannot connect to NATS at ${config.natsUrlRedacted}: ${errorMessage(err)}`,
@@ -115,21 +131,34 @@ export async function startGateway(
   logger.info("nats connected", { nats_url: config.natsUrlRedacted, server: nc.getServer() });
 
   const abort = new AbortController();
-  let seededSequence = -1;
-  let lastReceivedSequence = 0;
-  let receivedAtLastCheck = -1;
-  let stalledChecks = 0;
-  const consumerControl: { restart?: (reason: string) => void } = {};
-  let server: Deno.HttpServer<Deno.NetAddr> | undefined;
+  const progress = new RelayProgress();
+  const freshness = new FreshnessWatch();
+  const lagPollMs = options.lagPollMs ?? LAG_POLL_MS;
+  let consumer: SnapshotConsumer | undefined;
+  let server: ResilientServer | undefined;
+  // Every socket from upgrade to close event; the cap keeps them below the fd limit.
+  const sessions = new Sessions({ metrics });
+  const fdLimit = config.fdLimit > 0 ? config.fdLimit : readFdLimit();
+  const maxConnections = connectionCap(config.maxConnections, fdLimit, config.workers);
   let relaying: Promise<void> = Promise.resolve();
   let lagTimer: ReturnType<typeof setInterval> | undefined;
   const consuming = Promise.withResolvers<void>();
   try {
     const jsm = await jetstreamManager(nc);
-    await ensureStreams(jsm, logger);
-    seededSequence = await seedLatest(jsm);
+    await setUpStreams(jsm, config, logger);
+    const seededSequence = await seedLatest(jsm);
     watchNats(nc);
-    relaying = relay(nc);
+    consumer = new SnapshotConsumer(nc, {
+      stream: config.stream,
+      subject: config.subject,
+      durableName: config.durableName,
+      logger,
+      // A restart touches only the relayed stream: another stream's node may be down.
+      beforeRestart: (jsm) => ensureRelayedStream(jsm, config, logger),
+      ...(seededSequence > 0 ? { knownNewest: seededSequence } : {}),
+    }, abort.signal);
+    watchConsumer(consumer);
+    relaying = relay(nc, consumer);
     // Serve only once the consumer exists, so nothing published after startup is missed.
     const waited = await Promise.race([
       consuming.promise.then(() => true),
@@ -140,8 +169,10 @@ export async function startGateway(
         `Cannot create a JetStream consumer on ${config.stream} for ${config.subject} within ${config.natsConnectTimeoutMs} ms (GATEWAY_NATS_CONNECT_TIMEOUT_MS)`,
       );
     }
-    lagTimer = setInterval(() => updateLag(jsm), options.lagPollMs ?? LAG_POLL_MS);
-    server = Deno.serve(
+    // Its own manager: a check must fail fast, not wait out the default 5 s request timeout.
+    const checkJsm = await jetstreamManager(nc, { timeout: Math.max(500, lagPollMs) });
+    lagTimer = setInterval(() => updateLag(checkJsm), lagPollMs);
+    server = serveResilient(
       {
         hostname: config.host,
         port: config.port,
@@ -156,18 +187,15 @@ export async function startGateway(
         broadcaster,
         metrics,
         logger,
-        ...(allReports
-          ? {
-            health: async () => combineHealth((await allReports()).map((r) => r.health)),
-            metricsText: async () => renderMetrics((await allReports()).map((r) => r.metrics)),
-          }
-          : { health }),
-        maxConnections: config.maxConnections,
+        ...(options.processView?.({ health, metrics: () => metrics.snapshot() }) ?? { health }),
+        maxConnections,
+        sessions,
         authTokens: config.authTokens,
         idleTimeoutSeconds: config.idleTimeoutSeconds,
         clientMaxFrameBytes: config.clientMaxFrameBytes,
         clientMaxFramesPerSecond: config.clientMaxFramesPerSecond,
       }),
+      { logger, onListenerLost: () => metrics.listenerRestarts.inc() },
     );
   } catch (err) {
     abort.abort();
@@ -182,15 +210,19 @@ export async function startGateway(
     stream: config.stream,
     consumer: config.durableName || "ordered (per instance)",
     version: VERSION,
+    fd_limit: fdLimit,
+    max_connections: maxConnections,
   });
 
   function health(): HealthReport {
-    const healthy = natsConnected && consumerActive && !abort.signal.aborted;
-    return {
+    const healthy = natsConnected && consumerActive && !receivingStalled && !abort.signal.aborted;
+    const report: HealthReport & { readonly nats_server: string } = {
       service: "gateway",
       status: healthy ? "healthy" : "unhealthy",
       version: VERSION,
       nats_url: config.natsUrlRedacted,
+      // The server of the seed list this connection uses now (one node of a cluster).
+      nats_server: redactUrl(nc.getServer()),
       nats_connected: natsConnected,
       connections: broadcaster.size,
       last_message_ts: lastMessageTs,
@@ -198,6 +230,7 @@ export async function startGateway(
       consumer_lag: consumerLag,
       uptime_s: Math.floor((Date.now() - startedAt) / 1000),
     };
+    return report;
   }
 
   /** Tracks the connection; an outage longer than natsMaxOutageMs fails the gateway. */
@@ -243,61 +276,30 @@ export async function startGateway(
     });
   }
 
-  /** Consumes the subject and fans every valid payload out. */
-  async function relay(nc: NatsConnection): Promise<void> {
-    const logInvalid = rateLimited(logger.warn, 10_000);
-    let lastSequence = seededSequence;
-    /** A recreated consumer can deliver the newest message again; dead-letter it once. */
-    let lastDeadLettered = 0;
-    try {
-      for await (
-        const message of consumeSubject(nc, {
-          stream: config.stream,
-          subject: config.subject,
-          durableName: config.durableName,
-          logger,
-          onRestart: () => metrics.consumerRestarts.inc(),
-          onInterrupted: () => (consumerActive = false),
-          control: consumerControl,
-          ...(seededSequence > 0 ? { knownNewest: seededSequence } : {}),
-          onConsuming: () => {
-            consumerActive = true;
-            consuming.resolve();
-          },
-        }, abort.signal)
-      ) {
-        metrics.messagesReceived.inc();
-        lastReceivedSequence = message.streamSequence;
-        const checked = checkPayload(message.data, config.maxPayloadBytes);
-        if (!checked.ok) {
-          metrics.invalidPayloads.inc({ reason: checked.reason });
-          logInvalid("invalid payload skipped", {
-            reason: checked.reason,
-            bytes: message.data.byteLength,
-            stream_seq: message.streamSequence,
-          });
-          if (config.deadLetterSubject && message.streamSequence > lastDeadLettered) {
-            lastDeadLettered = message.streamSequence;
-            deadLetter(nc, message.data, checked.reason, message.streamSequence);
-          }
-          continue;
+  /** Follows the consumer's state: "consumer active" only while a consumer is delivering. */
+  function watchConsumer(consumer: SnapshotConsumer): void {
+    (async () => {
+      for await (const status of consumer.status()) {
+        if (status.type === "consuming") {
+          consumerActive = true;
+          // A new consumer starts at the newest message: what the old one missed is not waited for.
+          freshness.reset();
+          receivingStalled = false;
+          consuming.resolve();
+        } else if (status.type === "interrupted") {
+          consumerActive = false;
+        } else {
+          metrics.consumerRestarts.inc();
         }
-        // Older than the newest message at the consumer's (re)start: a superseded snapshot.
-        // Skipping it means clients never get a burst of stale data after an outage.
-        if (message.streamSequence < message.newestAtStart) {
-          metrics.messagesSkipped.inc({ reason: "superseded" });
-          continue;
-        }
-        if (message.streamSequence === lastSequence && checked.text === broadcaster.latest) {
-          metrics.messagesSkipped.inc({ reason: "duplicate" });
-          continue;
-        }
-        lastSequence = message.streamSequence;
-        broadcaster.broadcast(checked.text, message.data.byteLength);
-        metrics.messagesRelayed.inc();
-        lastMessageTs = Date.now();
-        metrics.lastMessageTimestamp.set(lastMessageTs / 1000);
       }
+    })();
+  }
+
+  /** Consumes the subject and fans every valid payload out. */
+  async function relay(nc: NatsConnection, consumer: SnapshotConsumer): Promise<void> {
+    const handle = messageHandler(nc);
+    try {
+      for await (const message of consumer) handle(message);
     } catch (err) {
       if (!abort.signal.aborted) {
         logger.error("relay stopped", { error: err });
@@ -306,56 +308,175 @@ export async function startGateway(
     }
   }
 
-  /** Publishes an invalid payload, unchanged, to GATEWAY_DEAD_LETTER_SUBJECT with its story. */
-  function deadLetter(nc: NatsConnection, data: Uint8Array, reason: string, seq: number): void {
+  /** What happens to one delivered message: checked, deduplicated, relayed or dead-lettered. */
+  function messageHandler(nc: NatsConnection): (message: BusMessage) => void {
+    const logInvalid = rateLimited(logger.warn, 10_000);
+    const js = jetstream(nc);
+    return (message) => {
+      metrics.messagesReceived.inc();
+      if (progress.received(message)) {
+        freshness.reset();
+        logger.info("relayed stream was recreated; sequences counted afresh", {
+          stream: config.stream,
+          stream_seq: message.streamSequence,
+        });
+      }
+      const checked = checkPayload(message.data, config.maxPayloadBytes);
+      if (!checked.ok) {
+        metrics.invalidPayloads.inc({ reason: checked.reason });
+        logInvalid("invalid payload skipped", {
+          reason: checked.reason,
+          bytes: message.data.byteLength,
+          stream_seq: message.streamSequence,
+        });
+        // Once per message, across consumer restarts (a new consumer redelivers the newest).
+        if (config.deadLetterSubject && progress.shouldDeadLetter(message.streamSequence)) {
+          void deadLetter(nc, js, message.data, checked.reason, message.streamSequence);
+        }
+        return;
+      }
+      // Never an older snapshot after a newer one: superseded while the gateway was away, or
+      // redelivered by a durable after its ack was lost. Skipping means no stale burst.
+      const verdict = progress.judge(message);
+      if (verdict !== "relay") {
+        metrics.messagesSkipped.inc({ reason: verdict });
+        return;
+      }
+      progress.relayed(message.streamSequence);
+      broadcaster.broadcast(checked.text, message.data.byteLength);
+      metrics.messagesRelayed.inc();
+      lastMessageTs = Date.now();
+      metrics.lastMessageTimestamp.set(lastMessageTs / 1000);
+    };
+  }
+
+  /**
+   * Publishes an invalid payload, unchanged, to GATEWAY_DEAD_LETTER_SUBJECT with its story.
+   * Through JetStream with `Nats-Msg-Id: <stream>:<seq>`, so a stream capturing the subject keeps
+   * one copy however many replicas publish it; a plain publish when no stream captures it.
+   */
+  async function deadLetter(
+    nc: NatsConnection,
+    js: JetStreamClient,
+    data: Uint8Array,
+    reason: string,
+    seq: number,
+  ): Promise<void> {
     const h = headers();
     h.set("Gateway-Reason", reason);
     h.set("Gateway-Subject", config.subject);
     h.set("Gateway-Stream", config.stream);
     h.set("Gateway-Stream-Sequence", String(seq));
     try {
-      nc.publish(config.deadLetterSubject, data, { headers: h });
+      if (!(await deadLetterStreamExists(js))) {
+        nc.publish(config.deadLetterSubject, data, { headers: h });
+        metrics.deadLetters.inc();
+        return;
+      }
+      const ack = await js.publish(config.deadLetterSubject, data, {
+        headers: h,
+        msgID: `${config.stream}:${seq}`,
+      });
+      if (ack.duplicate) {
+        logger.debug("dead letter already stored by another replica", { stream_seq: seq });
+        return;
+      }
       metrics.deadLetters.inc();
     } catch (err) {
-      // Too large for the server, or the connection is closing: the payload stays counted.
+      // Too large for the server, a timeout, or the connection is closing: it stays counted
+      // as invalid.
       logDeadLetterFailure("dead-letter publish failed", { error: err, stream_seq: seq });
     }
   }
 
+  /** Whether a stream captures the dead-letter subject; asked at most once a minute. */
+  let deadLetterStream: { exists: boolean; checkedAt: number } | undefined;
+  async function deadLetterStreamExists(js: JetStreamClient): Promise<boolean> {
+    const now = Date.now();
+    if (deadLetterStream && now - deadLetterStream.checkedAt < DEAD_LETTER_STREAM_RECHECK_MS) {
+      return deadLetterStream.exists;
+    }
+    const jsm = await js.jetstreamManager();
+    const exists = await ask(
+      `stream names for subject ${config.deadLetterSubject}`,
+      () => jsm.streams.find(config.deadLetterSubject),
+    ).then(() => true, (err) => {
+      if ((err as Error).cause instanceof Error && err.cause.name === "StreamNotFoundError") {
+        return false;
+      }
+      throw err;
+    });
+    if (!exists && deadLetterStream?.exists !== false) {
+      logger.info(
+        "no stream captures GATEWAY_DEAD_LETTER_SUBJECT; dead letters are published without deduplication",
+        { subject: config.deadLetterSubject },
+      );
+    }
+    deadLetterStream = { exists, checkedAt: now };
+    return exists;
+  }
+
   /**
-   * Lag: stream sequences between the newest stored message and the last one received.
-   * Also a watchdog: a consumer that stays behind without receiving anything over two
-   * measurements is replaced (seen with nats-server 2.9 after a stream was recreated: a pull
-   * request waiting on a consumer with pending messages and nothing delivered).
+   * Every check: lag (stream sequences between the newest stored message of the subject and
+   * the last one received), and whether the consumer receives at all. A stored message not
+   * received for a whole check makes /health unhealthy; for STALLED_CHECKS_BEFORE_RESTART checks,
+   * the consumer is replaced (seen with nats-server 2.9 after a stream was recreated, and when a
+   * consumer's node dies: a pull request waiting on a consumer that delivers nothing).
    */
+  let checking = false;
   async function updateLag(jsm: JetStreamManager): Promise<void> {
-    if (!natsConnected) return;
+    if (!natsConnected || checking) return;
+    checking = true;
     try {
       const newest = await newestSequence(jsm, config);
-      const received = Math.max(lastReceivedSequence, seededSequence);
-      consumerLag = Math.max(0, newest - received);
-      metrics.consumerPending.set(consumerLag);
-      const stalled = consumerLag > 0 && consumerActive && received === receivedAtLastCheck;
-      stalledChecks = stalled ? stalledChecks + 1 : 0;
-      receivedAtLastCheck = received;
-      if (stalledChecks >= 2) {
-        stalledChecks = 0;
-        logger.warn("nats consumer stalled; recreating it", { lag: consumerLag });
-        consumerControl.restart?.("stalled");
+      const lastReceived = progress.lastReceived;
+      if (progress.observeNewest(newest)) {
+        // The stream was recreated (or purged): its sequences restarted below ours.
+        logger.info("relayed stream's sequences went back; counted afresh", {
+          stream: config.stream,
+          newest,
+          last_received: lastReceived,
+        });
+        freshness.reset();
       }
+      consumerLag = Math.max(0, newest - progress.lastReceived);
+      metrics.consumerPending.set(consumerLag);
+      judgeFreshness(newest);
     } catch (err) {
       logger.debug("consumer lag unknown", { error: err });
+    } finally {
+      checking = false;
+    }
+  }
+
+  function judgeFreshness(newest: number): void {
+    const waitedMs = freshness.observe(newest, progress.lastReceived, Date.now());
+    const stalled = waitedMs >= lagPollMs / 2;
+    if (stalled !== receivingStalled) {
+      logger[stalled ? "warn" : "info"](
+        stalled ? "stored messages not received" : "receiving again",
+        { lag: consumerLag, waited_ms: waitedMs },
+      );
+    }
+    receivingStalled = stalled;
+    if (consumerActive && waitedMs >= (STALLED_CHECKS_BEFORE_RESTART - 0.5) * lagPollMs) {
+      logger.warn("nats consumer stalled; recreating it", { lag: consumerLag });
+      freshness.reset();
+      consumer?.restart("stalled");
     }
   }
 
   /** Seeds the cache with the newest stored message so the first client sees it at once. */
   async function seedLatest(jsm: JetStreamManager): Promise<number> {
     try {
+      const { created } = await jsm.streams.info(config.stream);
+      progress.seeded(0, created);
       const stored = await jsm.streams.getMessage(config.stream, { last_by_subj: config.subject });
       if (stored === null) return -1;
       const checked = checkPayload(stored.data, config.maxPayloadBytes);
       if (!checked.ok) return -1;
       broadcaster.seed(checked.text, stored.data.byteLength);
+      progress.seeded(stored.seq, created);
       logger.info("cache seeded from stream", { stream_seq: stored.seq });
       return stored.seq;
     } catch (err) {
@@ -370,15 +491,25 @@ export async function startGateway(
       logger.info("gateway shutting down", { connections: broadcaster.size });
       abort.abort();
       broadcaster.closeAll(CloseCode.goingAway, "gateway shutting down");
-      const bound = delay(config.shutdownTimeoutMs);
+      const timeUp = new AbortController();
+      const bound = delay(config.shutdownTimeoutMs, timeUp.signal);
+      // Our close handshakes finish first: Deno's server shutdown would overtake them, and
+      // browsers would see 1001 with wasClean=false. Opening and unauthorized sockets too.
+      const clientsGone = sessions.closeAll(CloseCode.goingAway, "gateway shutting down");
       await Promise.race([
         Promise.allSettled([
-          server!.shutdown(),
+          clientsGone.then(() => server!.shutdown()),
           nc.isClosed() ? Promise.resolve() : nc.drain(),
           relaying,
         ]),
         bound,
       ]);
+      if (sessions.held > 0) {
+        // Peers that never finished their close (they do not read): Deno's shutdown cuts them.
+        logger.warn("clients still closing at the shutdown bound", { sockets: sessions.held });
+        await Promise.race([server!.shutdown().catch(() => {}), delay(1000, timeUp.signal)]);
+      }
+      timeUp.abort();
       if (!nc.isClosed()) await nc.close().catch(() => {});
       clearInterval(lagTimer);
       logger.info("gateway stopped");
@@ -394,34 +525,4 @@ export async function startGateway(
     shutdown,
     [Symbol.asyncDispose]: shutdown,
   };
-}
-
-/**
- * Checks up front that this process may reach every NATS server and bind its listen address,
- * so a scoped binary fails with a message that says what to rebuild, not a stack trace.
- */
-async function checkNetPermissions(config: Config): Promise<void> {
-  const refused: string[] = [];
-  for (const server of config.natsServers) {
-    const url = new URL(server.includes("://") ? server : `nats://${server}`);
-    const host = `${url.hostname}:${url.port || "4222"}`;
-    const { state } = await Deno.permissions.query({ name: "net", host });
-    if (state !== "granted") refused.push(host);
-  }
-  if (refused.length > 0) {
-    throw new PermissionScopeError(
-      `NATS_URL names ${refused.join(", ")}, which this build may not reach. ` +
-        `Rebuild with the host allowed, e.g. GATEWAY_NATS_HOSTS=${
-          refused.map((h) => h.replace(/:\d+$/, "")).join(",")
-        } deno task compile (README "Permissions").`,
-    );
-  }
-  const listen = `${config.host}:${config.port}`;
-  const { state } = await Deno.permissions.query({ name: "net", host: listen });
-  if (state !== "granted") {
-    throw new PermissionScopeError(
-      `GATEWAY_HOST/GATEWAY_PORT ${listen} is outside what this build may listen on. ` +
-        `Rebuild with GATEWAY_LISTEN_HOSTS=${config.host} deno task compile (README "Permissions").`,
-    );
-  }
 }

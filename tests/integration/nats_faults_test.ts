@@ -1,6 +1,7 @@
 /** NATS faults: outages, restarts, deleted streams, outages past the bound. */
 import assert from "node:assert/strict";
-import { jetstreamManager } from "@nats-io/jetstream";
+import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { nanos } from "@nats-io/transport-deno";
 import { startGateway } from "../../lib/gateway.ts";
 import { NatsServer } from "../helpers/nats_server.ts";
 import {
@@ -112,4 +113,89 @@ Deno.test("main: NATS gone longer than GATEWAY_NATS_MAX_OUTAGE_MS exits 1", asyn
   assert.equal(status.code, 1);
   assert.match(gateway.output, /NATS unreachable for 1000 ms \(GATEWAY_NATS_MAX_OUTAGE_MS\)/);
   assert.equal((await client.closed).code, 1001, "clients are told the gateway is going away");
+});
+
+Deno.test("durable: a message redelivered after its ack was lost never reaches clients after newer ones", async () => {
+  await using nats = await NatsServer.start();
+  await using publisher = await Publisher.connect(nats.url);
+  const jsm = await jetstreamManager(publisher.nc);
+  await jsm.streams.add({ name: "LEVEL_SIGNALS", subjects: ["levels.*"] });
+  // The durable the gateway will bind; a first reader takes message 1 and never acks it, as
+  // if its ack was lost at a disconnect: the server redelivers it after ack_wait.
+  await jsm.consumers.add("LEVEL_SIGNALS", {
+    durable_name: "gateway_levels",
+    ack_policy: AckPolicy.Explicit,
+    ack_wait: nanos(3_000),
+    filter_subject: "levels.signals",
+    deliver_policy: DeliverPolicy.All,
+  });
+  await publisher.publish(signal(1));
+  const durable = await jetstream(publisher.nc).consumers.get("LEVEL_SIGNALS", "gateway_levels");
+  assert.equal((await durable.next())?.seq, 1);
+
+  await using gateway = await startGateway(
+    testConfig(nats.url, { GATEWAY_DURABLE: "gateway_levels" }),
+    { logger: recordingLogger() },
+  );
+  await using client = await Client.open(gateway.addr);
+  await publisher.publish(signal(2));
+  await publisher.publish(signal(3));
+  assert.deepEqual(await client.waitFor(3), [signal(1), signal(2), signal(3)]);
+  const skipped = () =>
+    gateway.metrics.messagesSkipped.get({ reason: "superseded" }) +
+    gateway.metrics.messagesSkipped.get({ reason: "duplicate" });
+  await eventually(() => skipped() >= 1, "message 1 redelivered and skipped", 10_000);
+  assert.deepEqual(client.messages, [signal(1), signal(2), signal(3)]);
+  await using late = await Client.open(gateway.addr);
+  assert.deepEqual(await late.waitFor(1), [signal(3)], "the cache keeps the newest");
+});
+
+Deno.test("stream recreated with fewer messages: they are relayed and lag counts against the new stream", async () => {
+  await using nats = await NatsServer.start();
+  await using publisher = await Publisher.connect(nats.url);
+  {
+    // Ten messages stored before the gateway starts: it is seeded at sequence 10.
+    await using _gateway = await startGateway(testConfig(nats.url), { logger: recordingLogger() });
+    for (let i = 1; i <= 10; i++) await publisher.publish(signal(i));
+  }
+  await using gateway = await startGateway(testConfig(nats.url), {
+    logger: recordingLogger(),
+    lagPollMs: 300,
+  });
+  await using client = await Client.open(gateway.addr);
+  assert.deepEqual(await client.waitFor(1), [signal(10)]);
+  const jsm = await jetstreamManager(publisher.nc);
+  const { config } = await jsm.streams.info("LEVEL_SIGNALS");
+  await jsm.streams.delete("LEVEL_SIGNALS");
+  await jsm.streams.add(config).catch(() => {}); // the gateway may have recreated it already
+  await eventually(async () => (await health(gateway.addr)).status === 200, "health 200");
+  // Sequences 1–3 of the new stream: below the old stream's 10, never taken for old news.
+  for (let i = 11; i <= 13; i++) await publisher.publish(signal(i));
+  assert.deepEqual(await client.waitFor(4), [signal(10), signal(11), signal(12), signal(13)]);
+  await eventually(async () => (await health(gateway.addr)).body.consumer_lag === 0, "lag 0");
+});
+
+Deno.test("health is unhealthy while the consumer cannot be recreated, healthy once it is", async () => {
+  await using nats = await NatsServer.start();
+  await using publisher = await Publisher.connect(nats.url);
+  const jsm = await jetstreamManager(publisher.nc);
+  await jsm.streams.add({ name: "LEVEL_SIGNALS", subjects: ["levels.*"] });
+  await using gateway = await startGateway(
+    testConfig(nats.url, { GATEWAY_CREATE_STREAMS: "false" }),
+    { logger: recordingLogger(), lagPollMs: 300 },
+  );
+  await using client = await Client.open(gateway.addr);
+  await publisher.publish(signal(1));
+  await client.waitFor(1);
+  // Nothing may recreate it: every attempt to recreate the consumer fails.
+  await jsm.streams.delete("LEVEL_SIGNALS");
+  await eventually(() => gateway.metrics.consumerRestarts.get() >= 2, "failed recreations");
+  for (let i = 0; i < 5; i++) {
+    assert.equal((await health(gateway.addr)).status, 503);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  await jsm.streams.add({ name: "LEVEL_SIGNALS", subjects: ["levels.*"] });
+  await eventually(async () => (await health(gateway.addr)).status === 200, "health 200");
+  await publisher.publish(signal(2));
+  assert.deepEqual(await client.waitFor(2), [signal(1), signal(2)]);
 });

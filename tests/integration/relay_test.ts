@@ -3,7 +3,14 @@ import assert from "node:assert/strict";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { startGateway } from "../../lib/gateway.ts";
 import { NatsServer } from "../helpers/nats_server.ts";
-import { Client, Publisher, recordingLogger, signal, testConfig } from "../helpers/fixtures.ts";
+import {
+  Client,
+  eventually,
+  Publisher,
+  recordingLogger,
+  signal,
+  testConfig,
+} from "../helpers/fixtures.ts";
 
 Deno.test("relay delivers each payload's bytes unchanged, in order, to many clients", async () => {
   await using nats = await NatsServer.start();
@@ -196,4 +203,41 @@ Deno.test("a configured durable consumer is used and survives a gateway restart"
   await publisher.publish(signal(7));
   assert.deepEqual(await client.waitFor(2), [signal(6), signal(7)]);
   assert.equal(client.messages.length, 2);
+});
+
+Deno.test("dead letters: one per message across consumer restarts and across replicas", async () => {
+  await using nats = await NatsServer.start();
+  await using publisher = await Publisher.connect(nats.url);
+  const jsm = await jetstreamManager(publisher.nc);
+  // A stream capturing the dead-letter subject: replicas' copies are deduplicated by message id.
+  await jsm.streams.add({ name: "DEAD_LETTERS", subjects: ["gateway.dead_letter"] });
+  const env = { GATEWAY_DEAD_LETTER_SUBJECT: "gateway.dead_letter" };
+  await using a = await startGateway(testConfig(nats.url, env), { logger: recordingLogger() });
+  await using b = await startGateway(testConfig(nats.url, env), { logger: recordingLogger() });
+  await using client = await Client.open(a.addr);
+  const bad = await publisher.publish("not json");
+  await eventually(
+    () =>
+      a.metrics.invalidPayloads.get({ reason: "invalid_json" }) === 1 &&
+      b.metrics.invalidPayloads.get({ reason: "invalid_json" }) === 1,
+    "both replicas saw it",
+  );
+  // NATS restarts: each consumer is recreated at the newest message, the invalid one.
+  await nats.kill("SIGKILL");
+  await nats.restart();
+  await eventually(
+    () => a.metrics.invalidPayloads.get({ reason: "invalid_json" }) === 2,
+    "the newest (invalid) message delivered again",
+  );
+  await publisher.publish(signal(1)).catch(async () => await publisher.publish(signal(1)));
+  await client.waitFor(1);
+  await eventually(
+    async () => (await jsm.streams.info("DEAD_LETTERS")).state.messages >= 1,
+    "a dead letter stored",
+  );
+  const { state } = await jsm.streams.info("DEAD_LETTERS");
+  assert.equal(state.messages, 1, "one dead letter, whoever published it and however often");
+  const stored = await jsm.streams.getMessage("DEAD_LETTERS", { seq: state.first_seq });
+  assert.equal(stored?.header.get("Nats-Msg-Id"), `LEVEL_SIGNALS:${bad}`);
+  assert.equal(a.metrics.deadLetters.get() + b.metrics.deadLetters.get(), 1);
 });

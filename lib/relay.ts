@@ -1,0 +1,105 @@
+/**
+ * The relayed subject's progress by stream sequence: which message may reach clients (never an
+ * older or repeated one), which invalid one is dead-lettered (once), and whether the consumer is
+ * keeping up with the stream. Plain state, no I/O: the gateway feeds it.
+ */
+
+/** What becomes of a received valid message. */
+export type Verdict = "relay" | "duplicate" | "superseded";
+
+/** A message as far as ordering is concerned (a BusMessage fits). */
+export interface Sequenced {
+  readonly streamSequence: number;
+  /** Newest sequence of the subject when its consumer was created (0: none). */
+  readonly newestAtStart: number;
+  /** The stream's creation time: a different value means the stream was recreated. */
+  readonly streamCreated: string;
+}
+
+export class RelayProgress {
+  /** Newest sequence the consumer delivered (or the seeded one). */
+  lastReceived = 0;
+  /** Sequence of what clients hold as the latest snapshot. */
+  lastRelayed = 0;
+  /** Highest sequence published to the dead-letter subject. */
+  lastDeadLettered = 0;
+  #streamCreated = "";
+
+  /** The cache was seeded with stored message `seq` of the stream created at `streamCreated`. */
+  seeded(seq: number, streamCreated: string): void {
+    this.lastReceived = this.lastRelayed = seq;
+    this.#streamCreated = streamCreated;
+  }
+
+  /**
+   * Notes a delivered message before it is judged. Returns true when it comes from a different
+   * stream than the last one (recreated: its sequences restart at 1), after forgetting the old one's.
+   */
+  received(message: Sequenced): boolean {
+    const changed = this.#streamCreated !== "" && message.streamCreated !== this.#streamCreated;
+    if (changed) this.rebase();
+    this.#streamCreated = message.streamCreated;
+    this.lastReceived = Math.max(this.lastReceived, message.streamSequence);
+    return changed;
+  }
+
+  /**
+   * Whether a valid message reaches clients: never one at or below what they hold. A durable
+   * redelivers a message whose ack was lost after newer ones were relayed: that is superseded.
+   */
+  judge(message: Sequenced): Verdict {
+    const seq = message.streamSequence;
+    if (seq === this.lastRelayed) return "duplicate";
+    if (seq < this.lastRelayed || seq < message.newestAtStart) return "superseded";
+    return "relay";
+  }
+
+  relayed(seq: number): void {
+    this.lastRelayed = seq;
+  }
+
+  /** True the first time an invalid message is seen; a recreated consumer may deliver it again. */
+  shouldDeadLetter(seq: number): boolean {
+    if (seq <= this.lastDeadLettered) return false;
+    this.lastDeadLettered = seq;
+    return true;
+  }
+
+  /**
+   * The subject's newest stored sequence, read from the stream: true (after forgetting the
+   * old stream's sequences) when it is below what was received, i.e. the stream was recreated
+   * or purged, so lag and the stall watch measure against the new stream at once.
+   */
+  observeNewest(newest: number): boolean {
+    if (newest >= this.lastReceived) return false;
+    this.rebase();
+    return true;
+  }
+
+  /** The stream's sequences went back (recreated or purged): the old stream's mean nothing. */
+  rebase(): void {
+    this.lastReceived = this.lastRelayed = this.lastDeadLettered = 0;
+  }
+}
+
+/**
+ * Is the consumer receiving what the stream holds? Fed the subject's newest stored sequence
+ * and the last one received at each check; reports how long the oldest message seen stored but
+ * not yet received has waited. A message in flight is received within milliseconds, so one
+ * that waits a whole check interval means the consumer is not delivering.
+ */
+export class FreshnessWatch {
+  #behind: { seq: number; since: number } | undefined;
+
+  /** Milliseconds a stored message has waited unreceived (0: nothing is waiting). */
+  observe(newest: number, received: number, now: number): number {
+    if (this.#behind !== undefined && received >= this.#behind.seq) this.#behind = undefined;
+    if (this.#behind === undefined && newest > received) this.#behind = { seq: newest, since: now };
+    return this.#behind === undefined ? 0 : now - this.#behind.since;
+  }
+
+  /** Forgets what was waiting (a new consumer starts, or the stream was recreated). */
+  reset(): void {
+    this.#behind = undefined;
+  }
+}
