@@ -1,8 +1,9 @@
 /**
- * Entry point: read config from the environment (and an optional env file), start the
- * gateway, stop it gracefully on SIGINT, SIGTERM or SIGHUP. Exit codes: 0 after a graceful stop,
- * 1 when the gateway cannot start or cannot go on, 2 for bad configuration.
+ * Entry point: read the flags (lib/cli.ts), then config from the environment (and an optional
+ * env file), start the gateway, stop it gracefully on SIGINT, SIGTERM or SIGHUP. Exit codes: 0
+ * after a graceful stop, 1 when the gateway cannot start or cannot go on, 2 for bad configuration.
  */
+import { type CliMode, helpText, parseArgs, versionText } from "./lib/cli.ts";
 import { type Config, ConfigError, parseConfig } from "./lib/config.ts";
 import {
   describeUnknown,
@@ -42,7 +43,8 @@ export function loadConfig(load: () => LoadedEnvironment = loadEnvironment): Con
   const logger = createLogger(config.logLevel);
   const refusal = refuseUnknown(loaded.unknown, {
     strict: config.strictConfig,
-    authConfigured: config.authTokens.length > 0,
+    authConfigured: config.authTokens.length > 0 || config.jwtSecret !== "" ||
+      config.jwtKeys.length > 0,
   });
   reportUnknown(logger, loaded, refusal ? "error" : "warn");
   return refusal ? reportInvalid(logger, new ConfigError(refusal)) : config;
@@ -71,26 +73,58 @@ function reportInvalid(logger: Logger, err: unknown): undefined {
   return undefined;
 }
 
-/** `gateway --health-check`: exit 0 when the local gateway's /health says healthy (Docker). */
-async function healthCheck(port: number, logger: Logger): Promise<number> {
+const PROBES = {
+  "health-check": { path: "/health", status: "healthy", failure: "health check failed" },
+  "live-check": { path: "/livez", status: "alive", failure: "live check failed" },
+} as const;
+
+/**
+ * `--health-check` (readiness: /health, NATS included) or `--live-check` (liveness: /livez, what
+ * Docker's HEALTHCHECK runs): exit 0 when the local gateway answers as hoped, else 1.
+ */
+async function probe(kind: keyof typeof PROBES, config: Config, logger: Logger): Promise<number> {
+  const { path, status, failure } = PROBES[kind];
+  // A gateway listening on every address is asked on loopback, which the permissions grant.
+  const host = ["0.0.0.0", "::", "[::]"].includes(config.host) ? "127.0.0.1" : config.host;
+  const authority = host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
   try {
-    const response = await fetch(`http://127.0.0.1:${port}/health`, {
+    const response = await fetch(`http://${authority}:${config.port}${path}`, {
       signal: AbortSignal.timeout(3_000),
     });
     const body = await response.json();
     console.log(JSON.stringify(body));
-    return response.ok && body.status === "healthy" ? 0 : 1;
+    return response.ok && body.status === status ? 0 : 1;
   } catch (err) {
-    logger.error("health check failed", { error: err });
+    logger.error(failure, { error: err });
     return 1;
   }
 }
 
+/** The modes that end before any configuration is read: they need no permission at all. */
+function answerWithoutConfig(mode: CliMode): number | undefined {
+  switch (mode.kind) {
+    case "help":
+      console.log(helpText().trimEnd());
+      return 0;
+    case "version":
+      console.log(versionText().trimEnd());
+      return 0;
+    case "invalid":
+      createLogger("info").error("invalid arguments", { error: mode.message });
+      return 2;
+    default:
+      return undefined;
+  }
+}
+
 export async function main(args: readonly string[] = Deno.args): Promise<number> {
+  const mode = parseArgs(args);
+  const answered = answerWithoutConfig(mode);
+  if (answered !== undefined) return answered;
   const config = loadConfig();
   if (config === undefined) return 2;
-  if (args.includes("--health-check")) {
-    return await healthCheck(config.port, createLogger(config.logLevel));
+  if (mode.kind === "health-check" || mode.kind === "live-check") {
+    return await probe(mode.kind, config, createLogger(config.logLevel));
   }
   const logger = createLogger(config.logLevel);
   // Listening from the start: a signal during startup stops the gateway as soon as it is up,

@@ -4,6 +4,14 @@
  */
 
 import { redactUrl } from "./redact.ts";
+import {
+  AuthConfigError,
+  MIN_JWT_SECRET_BYTES,
+  parseAllowedOrigins,
+  type PublicJwk,
+  readJwksFile,
+  readPublicKeyFile,
+} from "./auth.ts";
 
 /** Raised when a variable holds a value the gateway cannot use. */
 export class ConfigError extends Error {
@@ -87,6 +95,12 @@ export interface Config {
    * closed with 4008 "slow consumer". Default 10000. 0 closes at once when over the bound.
    */
   readonly slowClientTimeoutMs: number;
+  /**
+   * GATEWAY_CLIENT_MAX_QUEUE_MS: how long a snapshot may wait in a client's queue; a client
+   * whose oldest queued snapshot is older is conflated like one over its byte bound, so what it
+   * is shown stays fresh under overload. Default 100. 0: only the byte bound applies.
+   */
+  readonly clientMaxQueueMs: number;
   /** GATEWAY_MAX_CONNECTIONS: past it, upgrades get HTTP 503. Default 10000; 0 means no limit. */
   readonly maxConnections: number;
   /**
@@ -122,6 +136,37 @@ export interface Config {
    * `?token=` or `Authorization: Bearer`, or is closed with 1008 before it gets any data.
    */
   readonly authTokens: readonly string[];
+  /**
+   * GATEWAY_JWT_SECRET: HMAC secret (at least 32 bytes) for HS256/HS384/HS512 tokens. A secret.
+   * Default empty: no HMAC tokens. Any GATEWAY_JWT_* key makes a token necessary (README
+   * "Who may connect"); a GATEWAY_AUTH_TOKENS token is accepted beside JWTs.
+   */
+  readonly jwtSecret: string;
+  /** GATEWAY_JWT_PUBLIC_KEY: path to a PEM public key (RSA, EC, Ed25519). Default empty: none. */
+  readonly jwtPublicKeyPath: string;
+  /** GATEWAY_JWT_JWKS: path to a JWKS file; the key is chosen by `kid`. Default empty: none. */
+  readonly jwtJwksPath: string;
+  /** The public keys of GATEWAY_JWT_PUBLIC_KEY and GATEWAY_JWT_JWKS, read once at startup. */
+  readonly jwtKeys: readonly PublicJwk[];
+  /** GATEWAY_JWT_AUDIENCE: the `aud` a token must name. Default empty: not checked. */
+  readonly jwtAudience: string;
+  /** GATEWAY_JWT_ISSUER: the `iss` a token must carry. Default empty: not checked. */
+  readonly jwtIssuer: string;
+  /**
+   * GATEWAY_JWT_CLOCK_SKEW_S: seconds of clock difference allowed on `exp` and `nbf`; a session
+   * is closed this long after its token's `exp`. Default 30.
+   */
+  readonly jwtClockSkewSeconds: number;
+  /**
+   * GATEWAY_AUTH_REJECT: how a client without a valid token is refused. Default `close`: the
+   * socket is accepted and closed with 1008 before any data; `http`: 401/403 before the upgrade.
+   */
+  readonly authReject: "close" | "http";
+  /**
+   * GATEWAY_ALLOWED_ORIGINS: browser origins that may connect and read the HTTP endpoints.
+   * Default `*` (any); else exact origins (`https://app.example.com`), comma-separated.
+   */
+  readonly allowedOrigins: readonly string[];
   /**
    * GATEWAY_DEAD_LETTER_SUBJECT: invalid payloads are also published here, unchanged, with
    * headers saying why and where they came from. Default empty: skipped and counted only.
@@ -160,6 +205,7 @@ export const ENV_VARIABLES = [
   "GATEWAY_MAX_PAYLOAD_BYTES",
   "GATEWAY_CLIENT_BUFFER_BYTES",
   "GATEWAY_SLOW_CLIENT_TIMEOUT_MS",
+  "GATEWAY_CLIENT_MAX_QUEUE_MS",
   "GATEWAY_MAX_CONNECTIONS",
   "GATEWAY_IDLE_TIMEOUT_S",
   "GATEWAY_CLIENT_MAX_FRAME_BYTES",
@@ -171,6 +217,14 @@ export const ENV_VARIABLES = [
   "LOG_LEVEL",
   "GATEWAY_WORKERS",
   "GATEWAY_AUTH_TOKENS",
+  "GATEWAY_JWT_SECRET",
+  "GATEWAY_JWT_PUBLIC_KEY",
+  "GATEWAY_JWT_JWKS",
+  "GATEWAY_JWT_AUDIENCE",
+  "GATEWAY_JWT_ISSUER",
+  "GATEWAY_JWT_CLOCK_SKEW_S",
+  "GATEWAY_AUTH_REJECT",
+  "GATEWAY_ALLOWED_ORIGINS",
   "GATEWAY_DEAD_LETTER_SUBJECT",
   "GATEWAY_ENV_FILE",
 ] as const;
@@ -332,6 +386,55 @@ function parseAuthTokens(env: Env): string[] {
   return tokens;
 }
 
+type WhoMayConnect = Pick<
+  Config,
+  | "jwtSecret"
+  | "jwtPublicKeyPath"
+  | "jwtJwksPath"
+  | "jwtKeys"
+  | "jwtAudience"
+  | "jwtIssuer"
+  | "jwtClockSkewSeconds"
+  | "authReject"
+  | "allowedOrigins"
+>;
+
+/** JWT keys (key files read and checked now, so a bad one exits 2), rejection mode, origins. */
+function parseWhoMayConnect(env: Env): WhoMayConnect {
+  const jwtSecret = env.GATEWAY_JWT_SECRET?.trim() ?? "";
+  if (jwtSecret !== "" && new TextEncoder().encode(jwtSecret).length < MIN_JWT_SECRET_BYTES) {
+    throw new ConfigError(
+      `GATEWAY_JWT_SECRET must be at least ${MIN_JWT_SECRET_BYTES} bytes (RFC 7518: an HMAC key as long as its hash): the value set is shorter (its value is not shown: it is a secret)`,
+    );
+  }
+  const jwtPublicKeyPath = readPath(env, "GATEWAY_JWT_PUBLIC_KEY");
+  const jwtJwksPath = readPath(env, "GATEWAY_JWT_JWKS");
+  try {
+    return {
+      jwtSecret,
+      jwtPublicKeyPath,
+      jwtJwksPath,
+      jwtKeys: Object.freeze([
+        ...(jwtPublicKeyPath ? [readPublicKeyFile(jwtPublicKeyPath)] : []),
+        ...(jwtJwksPath ? readJwksFile(jwtJwksPath) : []),
+      ]),
+      jwtAudience: env.GATEWAY_JWT_AUDIENCE?.trim() ?? "",
+      jwtIssuer: env.GATEWAY_JWT_ISSUER?.trim() ?? "",
+      jwtClockSkewSeconds: readInteger(env, "GATEWAY_JWT_CLOCK_SKEW_S", 30, 0, 300),
+      authReject: readMatching(
+        env,
+        "GATEWAY_AUTH_REJECT",
+        "close",
+        /^(close|http)$/,
+        "close or http",
+      ) as "close" | "http",
+      allowedOrigins: Object.freeze(parseAllowedOrigins(env.GATEWAY_ALLOWED_ORIGINS)),
+    };
+  } catch (err) {
+    throw err instanceof AuthConfigError ? new ConfigError(err.message, { cause: err }) : err;
+  }
+}
+
 /**
  * Several workers on one durable consumer share its messages (each worker pulls its own share),
  * so each client would see about 1/n of the stream: refuse the pair.
@@ -439,6 +542,7 @@ export function parseConfig(env: Env, cpus = navigator.hardwareConcurrency): Con
       10_000,
       0,
     ),
+    clientMaxQueueMs: readInteger(env, "GATEWAY_CLIENT_MAX_QUEUE_MS", 100, 0, 60_000),
     maxConnections: readInteger(env, "GATEWAY_MAX_CONNECTIONS", 10_000, 0),
     idleTimeoutSeconds: readInteger(env, "GATEWAY_IDLE_TIMEOUT_S", 30, 0, 3600),
     clientMaxFrameBytes: readInteger(
@@ -469,6 +573,7 @@ export function parseConfig(env: Env, cpus = navigator.hardwareConcurrency): Con
     logLevel: logLevelRaw as LogLevel,
     workers: parseWorkers(env, cpus),
     authTokens: Object.freeze(parseAuthTokens(env)),
+    ...parseWhoMayConnect(env),
     deadLetterSubject,
   });
   refuseSplitStream(config);

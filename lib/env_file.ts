@@ -300,18 +300,18 @@ export function describeUnknown(variable: UnknownVariable): string {
 
 /**
  * Why the gateway must not start with these unknown names, or undefined when warnings will do:
- * GATEWAY_STRICT_CONFIG=true makes any an error; a misspelt auth variable while
- * GATEWAY_AUTH_TOKENS is unset is always one (it would leave /ws/stream open to everyone).
+ * GATEWAY_STRICT_CONFIG=true makes any an error; a misspelt auth variable (AUTH, TOKEN, JWT) while
+ * no authentication is configured is always one (it would leave /ws/stream open to everyone).
  */
 export function refuseUnknown(
   unknown: readonly UnknownVariable[],
   options: { readonly strict: boolean; readonly authConfigured: boolean },
 ): string | undefined {
   const auth = unknown.find((v) =>
-    v.name.toUpperCase().startsWith("GATEWAY_") && /AUTH|TOKEN/.test(v.name.toUpperCase())
+    v.name.toUpperCase().startsWith("GATEWAY_") && /AUTH|TOKEN|JWT/.test(v.name.toUpperCase())
   );
   if (auth && !options.authConfigured) {
-    return `${auth.name} is set but GATEWAY_AUTH_TOKENS is not (did you mean GATEWAY_AUTH_TOKENS?): ` +
+    return `${auth.name} is set but no authentication is (did you mean ${auth.closest}?): ` +
       `the gateway does not start, since /ws/stream would be open to everyone (its value is not shown)`;
   }
   if (options.strict && unknown.length > 0) {

@@ -19,6 +19,7 @@ import { GatewayMetrics, type MetricSnapshot } from "./metrics.ts";
 import { checkPayload } from "./payload.ts";
 import { checkPermissions } from "./permissions.ts";
 import { createHandler } from "./server.ts";
+import { Authenticator } from "./auth.ts";
 import { connectionCap, readFdLimit, type ResilientServer, serveResilient } from "./fd_limit.ts";
 import { Sessions } from "./session.ts";
 import type { HealthReport, LocalState, ProcessView } from "./health.ts";
@@ -98,6 +99,7 @@ export async function startGateway(
     {
       clientBufferBytes: config.clientBufferBytes,
       slowClientTimeoutMs: config.slowClientTimeoutMs,
+      clientMaxQueueMs: config.clientMaxQueueMs,
     },
     {
       delivered: (count, bytes) => {
@@ -152,6 +154,8 @@ export async function startGateway(
       stream: config.stream,
       subject: config.subject,
       durableName: config.durableName,
+      // Least privilege: with GATEWAY_CREATE_STREAMS=false a deleted durable is not recreated.
+      createDurable: config.createStreams,
       logger,
       // A restart touches only the relayed stream: another stream's node may be down.
       beforeRestart: (jsm) => ensureRelayedStream(jsm, config, logger),
@@ -190,7 +194,9 @@ export async function startGateway(
         ...(options.processView?.({ health, metrics: () => metrics.snapshot() }) ?? { health }),
         maxConnections,
         sessions,
-        authTokens: config.authTokens,
+        auth: await Authenticator.fromConfig(config),
+        authReject: config.authReject,
+        allowedOrigins: config.allowedOrigins,
         idleTimeoutSeconds: config.idleTimeoutSeconds,
         clientMaxFrameBytes: config.clientMaxFrameBytes,
         clientMaxFramesPerSecond: config.clientMaxFramesPerSecond,

@@ -1,4 +1,11 @@
 /** Counters and gauges with Prometheus text exposition (format 0.0.4). */
+import {
+  cpuSeconds,
+  isolateStartTimeSeconds,
+  OpenFdCounter,
+  residentMemoryBytes,
+} from "./process_metrics.ts";
+import { VERSION } from "./version.ts";
 
 type Labels = Record<string, string>;
 
@@ -58,6 +65,8 @@ export class Counter extends Metric {
     help: string,
     initialLabels: Labels[] = [{}],
     aggregation: Aggregation = "sum",
+    /** Reads the unlabelled value from elsewhere (e.g. the OS) instead of counting it here. */
+    private readonly collect?: () => number,
   ) {
     super(name, help, "counter", aggregation);
     for (const labels of initialLabels) this.values.set(labelKey(labels), 0);
@@ -65,6 +74,22 @@ export class Counter extends Metric {
   inc(labels?: Labels, by = 1): void {
     const key = labelKey(labels);
     this.values.set(key, (this.values.get(key) ?? 0) + by);
+  }
+  override get(labels?: Labels): number {
+    if (this.collect && !labels) return this.collect();
+    return super.get(labels);
+  }
+  override snapshot(): MetricSnapshot {
+    if (this.collect) this.values.set("", this.collect());
+    return super.snapshot();
+  }
+}
+
+/** A constant 1 whose labels carry facts, Prometheus' `*_info` idiom (e.g. the version). */
+export class Info extends Metric {
+  constructor(name: string, help: string, labels: Labels) {
+    super(name, help, "gauge", "max");
+    this.values.set(labelKey(labels), 1);
   }
 }
 
@@ -137,6 +162,7 @@ const CLOSE_REASONS = [
   "idle_timeout",
   "protocol",
   "shutdown",
+  "token_expired",
 ];
 const INVALID_REASONS = ["empty", "too_large", "invalid_utf8", "invalid_json", "not_object"];
 
@@ -154,7 +180,13 @@ export class GatewayMetrics {
   readonly connectionsRejected = new Counter(
     "gateway_ws_connections_rejected_total",
     "WebSocket upgrades refused, by reason.",
-    [{ reason: "limit" }, { reason: "bad_request" }, { reason: "unauthorized" }],
+    [
+      { reason: "limit" },
+      { reason: "bad_request" },
+      { reason: "unauthorized" },
+      { reason: "forbidden" },
+      { reason: "origin" },
+    ],
   );
   readonly upgradesAbandoned = new Counter(
     "gateway_ws_upgrades_abandoned_total",
@@ -258,13 +290,46 @@ export class GatewayMetrics {
     "Unix time the gateway started.",
     "min",
   );
+  // Process-wide figures: every worker isolate reads the same process, so "max", never "sum".
+  readonly buildInfo = new Info(
+    "gateway_build_info",
+    "Always 1; the version label says which gateway build is running.",
+    { version: VERSION },
+  );
+  readonly processResidentMemory = new Gauge(
+    "process_resident_memory_bytes",
+    "Resident memory of the whole process (all workers), in bytes.",
+    "max",
+    residentMemoryBytes,
+  );
+  readonly processCpuSeconds = new Counter(
+    "process_cpu_seconds_total",
+    "User and system CPU time of the whole process (all workers), in seconds.",
+    [{}],
+    "max",
+    cpuSeconds,
+  );
+  readonly processStartTime = new Gauge(
+    "process_start_time_seconds",
+    "Unix time the process started.",
+    "min",
+    isolateStartTimeSeconds,
+  );
+  /** Only where /proc/self/fd is readable: Deno allows that under --allow-all alone. */
+  readonly processOpenFds: Gauge | undefined;
 
-  constructor(connectionCount: () => number) {
+  constructor(connectionCount: () => number, openFds = new OpenFdCounter()) {
     this.connections = new Gauge(
       "gateway_ws_connections",
       "WebSocket clients connected now.",
       "sum",
       connectionCount,
+    );
+    this.processOpenFds = openFds.count() === null ? undefined : new Gauge(
+      "process_open_fds",
+      "Open file descriptors of the whole process (all workers).",
+      "max",
+      () => openFds.count() ?? 0,
     );
   }
 

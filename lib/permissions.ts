@@ -48,6 +48,8 @@ const FILE_VARIABLES = [
   ["NATS_CA", "natsCaPath"],
   ["NATS_CERT", "natsCertPath"],
   ["NATS_KEY", "natsKeyPath"],
+  ["GATEWAY_JWT_PUBLIC_KEY", "jwtPublicKeyPath"],
+  ["GATEWAY_JWT_JWKS", "jwtJwksPath"],
 ] as const satisfies readonly (readonly [string, keyof Config])[];
 
 /** The files a configuration names, by variable; unset ones are left out. */

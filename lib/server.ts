@@ -2,6 +2,8 @@
  * HTTP routes: `/health`, `/livez`, `/readyz`, `/metrics` and the `/ws/stream` upgrade.
  * `createHandler` returns a plain `(Request) => Response`, so tests call it in-process.
  */
+import { CLIENT_JS } from "./client_bundle.ts";
+import { Authenticator, type AuthOutcome, OriginPolicy, selectProtocol } from "./auth.ts";
 import type { Broadcaster } from "./broadcaster.ts";
 import type { Logger } from "./log.ts";
 import { rateLimited } from "./log.ts";
@@ -16,7 +18,7 @@ export type { UpgradedSocket } from "./session.ts";
 
 export type Upgrade = (
   request: Request,
-  options: { idleTimeout: number },
+  options: { idleTimeout: number; protocol?: string },
 ) => { socket: UpgradedSocket; response: Response };
 
 export interface HandlerDeps {
@@ -33,6 +35,12 @@ export interface HandlerDeps {
   readonly sessions?: Sessions;
   /** Tokens a client must present (`?token=` or `Authorization: Bearer`); empty: none needed. */
   readonly authTokens?: readonly string[];
+  /** Who may open a route; defaults to one checking `authTokens` only. */
+  readonly auth?: Authenticator;
+  /** `close` (default): refused clients get 1008 after the upgrade; `http`: 401/403 instead. */
+  readonly authReject?: "close" | "http";
+  /** Browser origins that may connect and read responses (CORS); default `["*"]`: any. */
+  readonly allowedOrigins?: readonly string[];
   /** Seconds between server pings; 0 disables them. */
   readonly idleTimeoutSeconds: number;
   readonly clientMaxFrameBytes: number;
@@ -42,21 +50,26 @@ export interface HandlerDeps {
   readonly now?: () => number;
 }
 
-const CORS = { "access-control-allow-origin": "*" } as const;
-
 function json(body: unknown, status = 200, headers: HeadersInit = {}): Response {
   return new Response(JSON.stringify(body), {
     status,
-    headers: { ...CORS, "content-type": "application/json", ...headers },
+    headers: { "content-type": "application/json", ...headers },
   });
 }
 
 function text(body: string, status: number, headers: HeadersInit = {}): Response {
   return new Response(body, {
     status,
-    headers: { ...CORS, "content-type": "text/plain; charset=utf-8", ...headers },
+    headers: { "content-type": "text/plain; charset=utf-8", ...headers },
   });
 }
+
+/** What a refused client is told with GATEWAY_AUTH_REJECT=http. */
+const HTTP_REFUSALS = {
+  unauthorized: () =>
+    text("a valid token is required\n", 401, { "www-authenticate": 'Bearer realm="gateway"' }),
+  forbidden: () => text("the token does not cover this route\n", 403),
+} as const;
 
 export type Handler = (request: Request) => Response | Promise<Response>;
 
@@ -65,8 +78,10 @@ export function createHandler(deps: HandlerDeps): Handler {
   const metricsText = deps.metricsText ?? (() => deps.metrics.render());
   const now = deps.now ?? Date.now;
   const logBadUpgrade = rateLimited(deps.logger.warn, 10_000);
-  const logUnauthorized = rateLimited(deps.logger.warn, 10_000);
+  const logRefused = rateLimited(deps.logger.warn, 10_000);
   const sessions = deps.sessions ?? new Sessions({ metrics: deps.metrics });
+  const auth = deps.auth ?? new Authenticator({ tokens: deps.authTokens ?? [] });
+  const origins = new OriginPolicy(deps.allowedOrigins);
 
   function readOnly(
     request: Request,
@@ -75,7 +90,7 @@ export function createHandler(deps: HandlerDeps): Handler {
     if (request.method === "OPTIONS") {
       return new Response(null, {
         status: 204,
-        headers: { ...CORS, "access-control-allow-methods": "GET, HEAD, OPTIONS" },
+        headers: { "access-control-allow-methods": "GET, HEAD, OPTIONS" },
       });
     }
     if (request.method !== "GET" && request.method !== "HEAD") {
@@ -84,34 +99,69 @@ export function createHandler(deps: HandlerDeps): Handler {
     return respond();
   }
 
-  function stream(request: Request): Response {
-    if (request.method !== "GET") {
-      return text("method not allowed\n", 405, { allow: "GET" });
-    }
+  function atLimit(): boolean {
     const limit = deps.maxConnections;
     // Sockets count until their close event: a peer that resets, or never reads our close,
     // cannot free its slot early and get past the limit.
-    if (limit > 0 && sessions.held >= limit) {
-      deps.metrics.connectionsRejected.inc({ reason: "limit" });
-      return text("connection limit reached\n", 503, { "retry-after": "5" });
+    if (limit <= 0 || sessions.held < limit) return false;
+    deps.metrics.connectionsRejected.inc({ reason: "limit" });
+    return true;
+  }
+
+  /** Everything decided before the upgrade: method, Origin, limit, upgrade headers, token. */
+  function stream(request: Request, path: string): Response | Promise<Response> {
+    if (request.method !== "GET") {
+      return text("method not allowed\n", 405, { allow: "GET" });
+    }
+    const origin = request.headers.get("origin");
+    if (!origins.allows(origin)) {
+      deps.metrics.connectionsRejected.inc({ reason: "origin" });
+      logRefused("websocket upgrade from a disallowed origin refused", {
+        reason: "origin",
+        origin: origin!.slice(0, 100),
+      });
+      return text("origin not allowed\n", 403);
+    }
+    if (atLimit()) return text("connection limit reached\n", 503, { "retry-after": "5" });
+    if (request.headers.get("upgrade")?.toLowerCase() !== "websocket") {
+      return badUpgrade(new TypeError("the upgrade header must contain 'websocket'"));
     }
     // Read before the upgrade: Deno closes the request's headers once it has upgraded.
-    const allowed = authorized(request);
+    return then(auth.authenticate(request, path), (outcome) => admit(request, outcome));
+  }
+
+  function badUpgrade(error: unknown): Response {
+    deps.metrics.connectionsRejected.inc({ reason: "bad_request" });
+    logBadUpgrade("bad websocket upgrade request", { error });
+    return text("expected a WebSocket upgrade request\n", 400);
+  }
+
+  function admit(request: Request, outcome: AuthOutcome): Response {
+    if (!outcome.admitted) {
+      logRefused("websocket client refused", { reason: outcome.reason, ...outcome.detail });
+      if (deps.authReject === "http") {
+        deps.metrics.connectionsRejected.inc({ reason: outcome.reason });
+        return HTTP_REFUSALS[outcome.reason]();
+      }
+    }
+    // Checked again: other upgrades may have been admitted while a token was verified.
+    if (atLimit()) return text("connection limit reached\n", 503, { "retry-after": "5" });
     let upgraded: ReturnType<Upgrade>;
     try {
-      upgraded = upgrade(request, { idleTimeout: deps.idleTimeoutSeconds });
+      const protocol = selectProtocol(request);
+      upgraded = upgrade(request, {
+        idleTimeout: deps.idleTimeoutSeconds,
+        ...(protocol === undefined ? {} : { protocol }),
+      });
     } catch (err) {
-      deps.metrics.connectionsRejected.inc({ reason: "bad_request" });
-      logBadUpgrade("bad websocket upgrade request", { error: err });
-      return text("expected a WebSocket upgrade request\n", 400);
+      return badUpgrade(err);
     }
     sessions.track(upgraded.socket);
-    if (!allowed) {
-      // Accepted, then closed with 1008 before any data: a browser sees a close code, which a
-      // refused handshake would not give it.
-      deps.metrics.connectionsRejected.inc({ reason: "unauthorized" });
-      logUnauthorized("websocket client without a valid token closed");
-      refuseSession(upgraded.socket, sessions);
+    if (!outcome.admitted) {
+      // Accepted, then closed with 1008 before any data: a browser sees a close code and
+      // reason, which a refused handshake would not give it.
+      deps.metrics.connectionsRejected.inc({ reason: outcome.reason });
+      refuseSession(upgraded.socket, sessions, outcome.reason);
       return upgraded.response;
     }
     startSession(upgraded.socket, {
@@ -121,27 +171,15 @@ export function createHandler(deps: HandlerDeps): Handler {
       clientMaxFrameBytes: deps.clientMaxFrameBytes,
       clientMaxFramesPerSecond: deps.clientMaxFramesPerSecond,
       now,
+      ...(outcome.expiresAtMs === undefined ? {} : { expiresAtMs: outcome.expiresAtMs }),
     });
     return upgraded.response;
   }
 
-  function authorized(request: Request): boolean {
-    const tokens = deps.authTokens ?? [];
-    if (tokens.length === 0) return true;
-    const bearer = /^Bearer\s+(\S+)$/i.exec(request.headers.get("authorization") ?? "")?.[1];
-    const given = bearer ?? new URL(request.url).searchParams.get("token");
-    if (given === null) return false;
-    // Compare with every token, in time that does not depend on where a guess first differs.
-    let match = false;
-    for (const token of tokens) match = constantTimeEqual(given, token) || match;
-    return match;
-  }
-
-  return (request: Request) => {
-    const path = new URL(request.url).pathname;
+  function route(request: Request, path: string): Response | Promise<Response> {
     switch (path) {
       case "/ws/stream":
-        return stream(request);
+        return stream(request, path);
       case "/health":
         return readOnly(
           request,
@@ -150,6 +188,15 @@ export function createHandler(deps: HandlerDeps): Handler {
         );
       case "/livez":
         return readOnly(request, () => json({ status: "alive" }));
+      case "/client.js":
+        // The browser client (client/gateway_client.ts), embedded: no file read at run time.
+        return readOnly(request, () =>
+          new Response(CLIENT_JS, {
+            headers: {
+              "content-type": "text/javascript; charset=utf-8",
+              "cache-control": "public, max-age=300",
+            },
+          }));
       case "/readyz":
         return readOnly(request, () =>
           then(deps.health(), (report) =>
@@ -170,13 +217,17 @@ export function createHandler(deps: HandlerDeps): Handler {
       default:
         return text("not found\n", 404);
     }
-  };
-}
+  }
 
-function constantTimeEqual(a: string, b: string): boolean {
-  let difference = a.length ^ b.length;
-  for (let i = 0; i < b.length; i++) difference |= (a.charCodeAt(i) | 0) ^ b.charCodeAt(i);
-  return difference === 0;
+  return (request: Request) => {
+    const cors = origins.corsHeaders(request.headers.get("origin"));
+    return then(route(request, new URL(request.url).pathname), (response) => {
+      // A 101's headers are Deno's; CORS does not apply to a WebSocket handshake anyway.
+      if (response.status === 101) return response;
+      for (const [name, value] of Object.entries(cors)) response.headers.set(name, value);
+      return response;
+    });
+  };
 }
 
 /** Applies `f` at once to a plain value, or later to a promise's (single-isolate paths stay sync). */

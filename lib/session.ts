@@ -5,6 +5,7 @@
  */
 import { type Broadcaster, type ClientSocket, CloseCode } from "./broadcaster.ts";
 import type { GatewayMetrics } from "./metrics.ts";
+import type { Refusal } from "./auth.ts";
 
 /** The socket a session needs: a ClientSocket that also emits open/message/close events. */
 export type UpgradedSocket = ClientSocket & EventTarget;
@@ -105,7 +106,15 @@ export interface SessionDeps {
   readonly clientMaxFrameBytes: number;
   readonly clientMaxFramesPerSecond: number;
   readonly now: () => number;
+  /** When the client's token expires (ms since the epoch, skew included); unset: never. */
+  readonly expiresAtMs?: number;
 }
+
+/** Sent when a session's token expires: the client should fetch a new token and reconnect. */
+export const TOKEN_EXPIRED = { code: 4001, reason: "token expired" } as const;
+
+/** setTimeout's longest delay (~24.8 days); a later expiry re-arms the timer. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 const PONG = '{"type":"pong"}';
 /** Deno's reason when a client does not answer a ping within idleTimeout. */
@@ -116,19 +125,27 @@ export function startSession(socket: UpgradedSocket, deps: SessionDeps): void {
   let opened = false;
   let windowStart = deps.now();
   let framesInWindow = 0;
-  let closedBy: "protocol" | "idle_timeout" | null = null;
+  let closedBy: "protocol" | "idle_timeout" | "token_expired" | null = null;
+  let expiryTimer: ReturnType<typeof setTimeout> | undefined;
 
-  const closeFor = (code: number, reason: string) => {
-    closedBy = "protocol";
+  const closeFor = (code: number, reason: string, by: typeof closedBy = "protocol") => {
+    closedBy = by;
     deps.broadcaster.remove(socket, "closed");
     deps.sessions.close(socket, code, reason);
+  };
+  const expireAt = (atMs: number) => {
+    const wait = atMs - Date.now();
+    if (wait <= 0) return closeFor(TOKEN_EXPIRED.code, TOKEN_EXPIRED.reason, "token_expired");
+    expiryTimer = setTimeout(() => expireAt(atMs), Math.min(wait, MAX_TIMER_MS));
   };
 
   socket.addEventListener("open", () => {
     if (socket.readyState !== 1) return; // closed at once (shutdown began while it opened)
     opened = true;
     deps.metrics.connectionsOpened.inc();
-    deps.broadcaster.add(socket);
+    // Expired while it opened: closed before it is given any data.
+    if (deps.expiresAtMs !== undefined) expireAt(deps.expiresAtMs);
+    if (closedBy === null) deps.broadcaster.add(socket);
   });
   socket.addEventListener("message", (event) => {
     const data = (event as MessageEvent).data;
@@ -156,6 +173,7 @@ export function startSession(socket: UpgradedSocket, deps: SessionDeps): void {
     // Deno can dispatch close twice (after an idle timeout: 1001, then 1005); count once.
     if (closeHandled || !opened) return;
     closeHandled = true;
+    clearTimeout(expiryTimer);
     if ((event as CloseEvent).reason === IDLE_TIMEOUT_REASON) closedBy = "idle_timeout";
     deps.broadcaster.remove(socket, "closed");
     const removedFor = deps.broadcaster.removalReason(socket);
@@ -168,10 +186,14 @@ export function startSession(socket: UpgradedSocket, deps: SessionDeps): void {
   });
 }
 
-/** An unauthorized client: accepted, then closed with 1008 before any data. */
-export function refuseSession(socket: UpgradedSocket, sessions: Sessions): void {
+/** A refused client: accepted, then closed with 1008 and the refusal before any data. */
+export function refuseSession(
+  socket: UpgradedSocket,
+  sessions: Sessions,
+  reason: Refusal = "unauthorized",
+): void {
   socket.addEventListener("open", () => {
-    sessions.close(socket, CloseCode.policyViolation, "unauthorized");
+    sessions.close(socket, CloseCode.policyViolation, reason);
   });
 }
 

@@ -109,7 +109,8 @@ Deno.test("main: a quoted token with a trailing comment in the env file lets cli
 });
 
 Deno.test("main: a misspelt GATEWAY_AUTH_TOKEN exits 2 instead of leaving auth off", async (t) => {
-  const expected = /is set but GATEWAY_AUTH_TOKENS is not.*its value is not shown/;
+  const expected =
+    /is set but no authentication is \(did you mean GATEWAY_AUTH_TOKENS\?\).*its value is not shown/;
   await t.step("in the environment (names listed under full permissions)", async () => {
     const { code, output } = await runToExit(
       { GATEWAY_AUTH_TOKEN: TOKEN, ...unreachableNats() },

@@ -311,7 +311,12 @@ Deno.test("refuseUnknown: warnings by default, errors under strict, and a misspe
   assert.equal(refuseUnknown([], { strict: true, authConfigured: false }), undefined);
   assert.match(
     refuseUnknown([prot, auth], { strict: false, authConfigured: false })!,
-    /^GATEWAY_AUTH_TOKEN is set but GATEWAY_AUTH_TOKENS is not .* open to everyone \(its value is not shown\)$/,
+    /^GATEWAY_AUTH_TOKEN is set but no authentication is \(did you mean GATEWAY_AUTH_TOKENS\?\): .* open to everyone \(its value is not shown\)$/,
   );
   assert.equal(refuseUnknown([auth], { strict: false, authConfigured: true }), undefined);
+  const jwt = { name: "GATEWAY_JWT_SECRT", source: "environment", closest: "GATEWAY_JWT_SECRET" };
+  assert.match(
+    refuseUnknown([jwt], { strict: false, authConfigured: false })!,
+    /^GATEWAY_JWT_SECRT is set but no authentication is \(did you mean GATEWAY_JWT_SECRET\?\)/,
+  );
 });
