@@ -2,8 +2,12 @@
 // epoll loop, so the client is not the bottleneck when a relay delivers 100k+ frames/s.
 // Usage: client PORT N. Commands on stdin, one per line:
 //   stats  -> prints one JSON line with counters and latency percentiles since the last stats
+//   count  -> prints {"received":N}: frames since the last stats, without resetting anything
 //   quit   -> exits
 // Each text frame is expected to start with {"seq":N,"pub_us":T (T in µs, CLOCK_REALTIME).
+// All N connects start at once (non-blocking), as in a reconnect storm; each connection times
+// its first frame (the cached snapshot) from the start of its connect, which is what a user sees
+// as a blank screen, and from its 101 (both reported by stats).
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -28,7 +32,7 @@ typedef struct {
   unsigned char *buf;
   size_t len;
   long long last_seq;
-  double opened_ms, first_ms;
+  double start_ms, opened_ms, first_ms;
 } conn_t;
 
 static conn_t *conns;
@@ -142,22 +146,29 @@ static void print_stats(void) {
   qsort(lat, n_lat, sizeof(float), cmp_float);
   double p50 = n_lat ? lat[(size_t)(n_lat * 0.5)] : -1, p99 = n_lat ? lat[(size_t)(n_lat * 0.99)] : -1;
   double p999 = n_lat ? lat[(size_t)(n_lat * 0.999)] : -1, max = n_lat ? lat[n_lat - 1] : -1;
-  // snapshot-after-connect: first frame time minus open time, over connections that have both
+  // First frame (the snapshot) after the 101, and after the start of the connect.
   float *snap = malloc(sizeof(float) * (n_conns + 1));
-  size_t ns = 0;
+  float *first = malloc(sizeof(float) * (n_conns + 1));
+  size_t ns = 0, nf = 0;
   long long open_now = 0;
   for (int i = 0; i < n_conns; i++) {
     if (conns[i].state == 2) open_now++;
     if (conns[i].first_ms > 0 && conns[i].opened_ms > 0) snap[ns++] = conns[i].first_ms - conns[i].opened_ms;
+    if (conns[i].first_ms > 0) first[nf++] = conns[i].first_ms - conns[i].start_ms;
   }
   qsort(snap, ns, sizeof(float), cmp_float);
+  qsort(first, nf, sizeof(float), cmp_float);
   printf("{\"received\":%lld,\"gaps\":%lld,\"outOfOrder\":%lld,\"open\":%lld,\"closed\":%lld,"
          "\"latency\":{\"count\":%zu,\"p50\":%.3f,\"p99\":%.3f,\"p999\":%.3f,\"max\":%.3f},"
-         "\"snapshot\":{\"count\":%zu,\"p50\":%.3f,\"p99\":%.3f}}\n",
+         "\"snapshot\":{\"count\":%zu,\"p50\":%.3f,\"p99\":%.3f},"
+         "\"first\":{\"count\":%zu,\"p50\":%.3f,\"p99\":%.3f,\"max\":%.3f}}\n",
          received, gaps, out_of_order, open_now, closed_count, n_lat, p50, p99, p999, max, ns,
-         ns ? snap[(size_t)(ns * 0.5)] : -1, ns ? snap[(size_t)(ns * 0.99)] : -1);
+         ns ? snap[(size_t)(ns * 0.5)] : -1, ns ? snap[(size_t)(ns * 0.99)] : -1, nf,
+         nf ? first[(size_t)(nf * 0.5)] : -1, nf ? first[(size_t)(nf * 0.99)] : -1,
+         nf ? first[nf - 1] : -1);
   fflush(stdout);
   free(snap);
+  free(first);
   received = gaps = out_of_order = 0;
   n_lat = 0;
 }
@@ -178,16 +189,18 @@ int main(int argc, char **argv) {
                         "Sec-WebSocket-Version: 13\r\n\r\n", port);
   for (int i = 0; i < n_conns; i++) {
     conn_t *c = &conns[i];
-    c->fd = socket(AF_INET, SOCK_STREAM, 0);
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (connect(c->fd, (struct sockaddr *)&addr, sizeof addr) != 0) { perror("connect"); return 1; }
-    fcntl(c->fd, F_SETFL, O_NONBLOCK);
     c->buf = malloc(BUF);
     c->last_seq = -1;
-    (void)!write(c->fd, req, reqlen);
-    c->state = 1;
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+    c->start_ms = now_ms();
+    if (connect(c->fd, (struct sockaddr *)&addr, sizeof addr) != 0 && errno != EINPROGRESS) {
+      perror("connect");
+      return 1;
+    }
+    c->state = 0; // the request goes out once the socket is writable (connected)
+    struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = c};
     epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
   }
   struct epoll_event in = {.events = EPOLLIN, .data.ptr = NULL};
@@ -210,6 +223,10 @@ int main(int argc, char **argv) {
         while ((nl = strchr(line, '\n'))) {
           *nl = 0;
           if (strcmp(line, "stats") == 0) print_stats();
+          if (strcmp(line, "count") == 0) {
+            printf("{\"received\":%lld}\n", received);
+            fflush(stdout);
+          }
           if (strcmp(line, "quit") == 0) return 0;
           size_t rest = line_len - (nl + 1 - line);
           memmove(line, nl + 1, rest);
@@ -218,7 +235,23 @@ int main(int argc, char **argv) {
         }
         continue;
       }
-      on_readable(events[i].data.ptr);
+      conn_t *c = events[i].data.ptr;
+      if (c->state == 0) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err != 0 || write(c->fd, req, reqlen) != reqlen) {
+          c->state = 3;
+          closed_count++;
+          close(c->fd);
+          continue;
+        }
+        c->state = 1;
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+        epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
+        continue;
+      }
+      on_readable(c);
     }
   }
 }

@@ -1,17 +1,9 @@
 /**
- * `deno task bench`: the gateway against two reference relays (Node 20 + ws, Bun.serve pub/sub),
- * same clients, same run. Relays are pinned to CPU 0; this process (publisher + load clients)
- * and nats-server to CPU 1 (the task runs it under `taskset -c 1`).
- *
- * Options (env): BENCH_RELAYS=gateway,node,bun  BENCH_N_SMALL=1000  BENCH_N_BIG=5000
- * A relay is `name[:workers][@cpus]`: `gateway:2@0-1` runs the gateway with GATEWAY_WORKERS=2
- * pinned to CPUs 0-1 (default CPUs: BENCH_RELAY_CPUS, else 0).
- * BENCH_FIXED_SECONDS=10  BENCH_STEP_SECONDS=4  BENCH_RATES=25,50,100,...  BENCH_QUICK=1 (small run)
- * BENCH_PROFILE=1 (V8 CPU profile of the gateway in bench/results/profile/)
- * BENCH_CLIENT=c: load clients from bench/client.c (one epoll loop, compiled with cc) instead of
- * Deno WebSockets, for rates where a JS client saturates first. BENCH_CLIENT_PROCS=k splits the
- * clients over k such processes, pinned round-robin to BENCH_CLIENT_CPUS (a taskset list).
- * Results: a table on stdout and JSON in bench/results/<timestamp>.json.
+ * `deno task bench`: the gateway against three reference relays (bare Deno, Node 20 + ws,
+ * Bun.serve pub/sub), same clients, same run. Relays are pinned to CPU 0; this process
+ * (publisher + load clients) and nats-server to CPU 1 (the task runs it under `taskset -c 1`).
+ * Options are listed in bench/README.md. Results: a table, the ratios of bench/README.md's
+ * targets on stdout, and JSON in bench/results/<timestamp>.json.
  */
 import { connect } from "@nats-io/transport-deno";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
@@ -27,7 +19,13 @@ const N_BIG = Number(env.BENCH_N_BIG ?? (quick ? 500 : 5000));
 const FIXED_SECONDS = Number(env.BENCH_FIXED_SECONDS ?? (quick ? 3 : 10));
 const STEP_SECONDS = Number(env.BENCH_STEP_SECONDS ?? (quick ? 2 : 4));
 const RATES = (env.BENCH_RATES ?? "25,50,100,150,200,300,400,600,800").split(",").map(Number);
-const RELAYS = (env.BENCH_RELAYS ?? "gateway,node,bun").split(",");
+const RELAYS = (env.BENCH_RELAYS ?? "gateway,deno,node,bun").split(",");
+/** Which parts run after the connect burst (always run), in this order. */
+const SCENARIOS = new Set((env.BENCH_SCENARIOS ?? "fixed,steps,overload").split(","));
+/** Publish rate of the overload scenario (beyond what one core delivers to N_SMALL clients). */
+const OVERLOAD_RATE = Number(env.BENCH_OVERLOAD_RATE ?? 600);
+/** `c` (bench/client.c, the default where `cc` exists) or `js` (Deno WebSockets). */
+const CLIENT = env.BENCH_CLIENT ?? "c";
 const RELAY_CPUS = env.BENCH_RELAY_CPUS ?? "0";
 const CLIENT_PROCS = Number(env.BENCH_CLIENT_PROCS ?? 1);
 const CLIENT_CPUS = env.BENCH_CLIENT_CPUS ? expandCpuList(env.BENCH_CLIENT_CPUS) : [];
@@ -56,6 +54,15 @@ function rssMb(pid: number): number {
   const status = Deno.readTextFileSync(`/proc/${pid}/status`);
   return Number(/VmRSS:\s+(\d+)/.exec(status)![1]) / 1024;
 }
+/** Samples the relay's RSS every 100 ms until the returned function is called (gives the peak). */
+function watchRss(pid: number): () => number {
+  let peak = rssMb(pid);
+  const timer = setInterval(() => (peak = Math.max(peak, rssMb(pid))), 100);
+  return () => {
+    clearInterval(timer);
+    return Math.max(peak, rssMb(pid));
+  };
+}
 
 // ---------- statistics ----------
 function percentile(sorted: Float64Array, p: number): number {
@@ -78,6 +85,8 @@ const SEQ = /^\{"seq":(\d+),"pub_us":(\d+(?:\.\d+)?)/;
 
 class LoadClient {
   readonly socket: WebSocket;
+  /** When the connect started: the first snapshot is timed from here, as a user sees it. */
+  readonly startedAt = performance.now();
   openedAt = 0;
   firstAt = 0;
   lastSeq = -1;
@@ -138,18 +147,34 @@ function freePort(): number {
 }
 
 async function startRelay(name: string, natsUrl: string): Promise<Relay> {
-  const spec = /^([a-z]+)(?::(\d+))?(?:@([\d,-]+))?$/.exec(name);
-  if (!spec) throw new Error(`cannot parse relay ${name}: expected name[:workers][@cpus]`);
-  const [, kind, workers = "1", cpus = RELAY_CPUS] = spec;
+  const spec = /^([a-z]+)(?::(\d+))?(?:@([\d,-]+))?((?:\+\w+=[^+]*)*)$/.exec(name);
+  if (!spec) {
+    throw new Error(`cannot parse relay ${name}: expected name[:workers][@cpus][+VAR=value…]`);
+  }
+  const [, kind, workers = "1", cpus = RELAY_CPUS, extra] = spec;
+  // `+VAR=value` suffixes set the relay's environment (e.g. one gateway setting against another).
+  const extraEnv = Object.fromEntries(
+    extra.split("+").slice(1).map((
+      pair,
+    ) => [pair.slice(0, pair.indexOf("=")), pair.slice(pair.indexOf("=") + 1)]),
+  );
   const port = freePort();
   const commands: Record<string, string[]> = {
     gateway: [
       Deno.execPath(),
       "run",
-      "-P=gateway",
+      // Every permission: `deno task start` derives a narrower set, which costs nothing per op.
+      "--allow-all",
       // BENCH_PROFILE=1 writes a V8 CPU profile of the gateway to bench/results/profile/.
       ...(env.BENCH_PROFILE ? ["--cpu-prof", `--cpu-prof-dir=${root}bench/results/profile`] : []),
       "main.ts",
+    ],
+    deno: [
+      Deno.execPath(),
+      "run",
+      "-A",
+      ...(env.BENCH_PROFILE ? ["--cpu-prof", `--cpu-prof-dir=${root}bench/results/profile`] : []),
+      `${refs}/deno_relay.ts`,
     ],
     node: ["node", `${refs}/node_relay.mjs`],
     bun: [`${refs}/node_modules/.bin/bun`, `${refs}/bun_relay.ts`],
@@ -168,6 +193,7 @@ async function startRelay(name: string, natsUrl: string): Promise<Relay> {
       GATEWAY_MAX_CONNECTIONS: "0",
       GATEWAY_WORKERS: workers,
       NO_COLOR: "1",
+      ...extraEnv,
     },
     stdout: "null",
     stderr: "inherit",
@@ -187,10 +213,33 @@ async function startRelay(name: string, natsUrl: string): Promise<Relay> {
   return { name, kind, child, pid: child.pid, port };
 }
 
+/**
+ * BENCH_PERF=1: `perf record` of the relay during its connect burst, to
+ * bench/results/profile/<relay>-burst.perf.data (Deno's Rust and the kernel, which the V8
+ * profile does not show). Returns the function that stops it.
+ */
+async function perfBurst(relay: Relay): Promise<() => Promise<void>> {
+  if (!env.BENCH_PERF) return () => Promise.resolve();
+  await Deno.mkdir(`${root}bench/results/profile`, { recursive: true });
+  const output = `${root}bench/results/profile/${
+    relay.name.replace(/[^\w-]/g, "_")
+  }-burst.perf.data`;
+  const perf = new Deno.Command("perf", {
+    args: ["record", "-F", "1999", "-g", "-p", String(relay.pid), "-o", output],
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  await new Promise((r) => setTimeout(r, 300)); // attached
+  return async () => {
+    perf.kill("SIGINT");
+    await perf.status;
+  };
+}
+
 async function stopRelay(relay: Relay): Promise<void> {
   try {
-    // SIGTERM lets the gateway stop gracefully (and write its profile).
-    relay.child.kill(relay.kind === "gateway" ? "SIGTERM" : "SIGKILL");
+    // SIGTERM lets the Deno relays exit cleanly (and write their profiles).
+    relay.child.kill(relay.kind === "gateway" || relay.kind === "deno" ? "SIGTERM" : "SIGKILL");
   } catch {
     // gone
   }
@@ -326,7 +375,7 @@ async function stepUp(name: string, runStep: (rate: number) => Promise<Step>) {
 async function benchRelay(name: string, natsUrl: string, publisher: Publisher) {
   const relay = await startRelay(name, natsUrl);
   const sink = { latencies: [] as number[], recording: false };
-  const result: Record<string, unknown> = { relay: name };
+  const result: Record<string, unknown> = { relay: name, client: "js" };
   try {
     // Something cached, so connects get a snapshot.
     publisher.publishOne();
@@ -336,36 +385,68 @@ async function benchRelay(name: string, natsUrl: string, publisher: Publisher) {
     await new Promise((r) => setTimeout(r, 500));
     const rssIdle0 = rssMb(relay.pid);
 
-    // Connect burst: time from the handshake completing to the first frame (the snapshot).
+    // Connect burst: from each connect's start (and from its `open`) to the first frame.
     const big = await openClients(relay.port, N_BIG, sink);
     await Promise.race([
       Promise.all(big.map((c) => c.first)),
       new Promise((r) => setTimeout(r, 10_000)),
     ]);
-    const snapshot = summarize(
-      big.filter((c) => c.firstAt > 0).map((c) => c.firstAt - c.openedAt),
-    );
-    result.snapshotAfterConnectMs = { ...snapshot, missing: N_BIG - snapshot.count };
+    const got = big.filter((c) => c.firstAt > 0);
+    result.firstSnapshotMs = {
+      ...summarize(got.map((c) => c.firstAt - c.startedAt)),
+      missing: N_BIG - got.length,
+    };
+    result.snapshotAfterOpenMs = summarize(got.map((c) => c.firstAt - c.openedAt));
     await new Promise((r) => setTimeout(r, 1000));
     result.memoryPerIdleConnectionKb = ((rssMb(relay.pid) - rssIdle0) * 1024) / N_BIG;
     console.error(`${name}: burst of ${N_BIG} connects done`);
 
-    result.fixedBig = await fixedRate(relay, publisher, big, sink, 4, FIXED_SECONDS);
-    console.error(`${name}: ${N_BIG} clients × 4 msg/s done`);
+    const run = (clients: LoadClient[], rate: number, seconds: number) =>
+      fixedRate(relay, publisher, clients, sink, rate, seconds);
+    if (SCENARIOS.has("fixed")) {
+      result.fixedBig = await run(big, 4, FIXED_SECONDS);
+      console.error(`${name}: ${N_BIG} clients × 4 msg/s done`);
+    }
     await closeClients(big.slice(N_SMALL));
     const small = big.slice(0, N_SMALL);
-    result.fixedSmall = await fixedRate(relay, publisher, small, sink, 4, FIXED_SECONDS);
-    console.error(`${name}: ${N_SMALL} clients × 4 msg/s done`);
-
-    Object.assign(
-      result,
-      await stepUp(name, (rate) => fixedRate(relay, publisher, small, sink, rate, STEP_SECONDS)),
-    );
+    await runLoadScenarios(name, relay, result, (rate, seconds) => run(small, rate, seconds));
     await closeClients(small);
   } finally {
     await stopRelay(relay);
   }
   return result;
+}
+
+/** 4 msg/s, the stepped rates and the overload, at N_SMALL clients (both client kinds). */
+async function runLoadScenarios(
+  name: string,
+  relay: Relay,
+  result: Record<string, unknown>,
+  run: (rate: number, seconds: number) => Promise<Step>,
+): Promise<void> {
+  if (SCENARIOS.has("fixed")) {
+    result.fixedSmall = await run(4, FIXED_SECONDS);
+    console.error(`${name}: ${N_SMALL} clients × 4 msg/s done`);
+  }
+  if (SCENARIOS.has("steps")) {
+    Object.assign(result, await stepUp(name, (rate) => run(rate, STEP_SECONDS)));
+  }
+  if (SCENARIOS.has("overload")) {
+    // Let what the last step left queued drain first, so the growth is this run's.
+    await new Promise((r) => setTimeout(r, 3000));
+    const rssBeforeMb = rssMb(relay.pid);
+    const peakRss = watchRss(relay.pid);
+    const step = await run(OVERLOAD_RATE, FIXED_SECONDS);
+    const rssPeakMb = peakRss();
+    result.overload = { ...step, rssBeforeMb, rssPeakMb, rssGrowthMb: rssPeakMb - rssBeforeMb };
+    console.error(
+      `${name}: overload ${OVERLOAD_RATE} msg/s × ${N_SMALL} → ${
+        Math.round(step.deliveriesPerSecond)
+      } deliveries/s, p99 age ${step.latencyMs.p99.toFixed(1)} ms, rss ${
+        rssBeforeMb.toFixed(0)
+      } → ${rssPeakMb.toFixed(0)} MB`,
+    );
+  }
 }
 
 // ---------- compiled load client (BENCH_CLIENT=c) ----------
@@ -376,7 +457,10 @@ interface CStats {
   open: number;
   closed: number;
   latency: { count: number; p50: number; p99: number; p999: number; max: number };
+  /** First frame after the 101. */
   snapshot: { count: number; p50: number; p99: number };
+  /** First frame after the start of the connect. */
+  first: { count: number; p50: number; p99: number; max: number };
 }
 
 /** One process of bench/client.c, optionally pinned to a CPU. */
@@ -420,6 +504,12 @@ class CClient {
   async stats(): Promise<CStats> {
     await this.#writer.write(new TextEncoder().encode("stats\n"));
     return JSON.parse(await this.#line());
+  }
+
+  /** Frames received since the last stats(), without resetting (latencies keep accumulating). */
+  async count(): Promise<number> {
+    await this.#writer.write(new TextEncoder().encode("count\n"));
+    return JSON.parse(await this.#line()).received;
   }
 
   async quit(): Promise<void> {
@@ -472,7 +562,17 @@ class CClientGroup {
         p50: worst((s) => s.snapshot.p50),
         p99: worst((s) => s.snapshot.p99),
       },
+      first: {
+        count: sum((s) => s.first.count),
+        p50: worst((s) => s.first.p50),
+        p99: worst((s) => s.first.p99),
+        max: worst((s) => s.first.max),
+      },
     };
+  }
+
+  async count(): Promise<number> {
+    return (await Promise.all(this.clients.map((c) => c.count()))).reduce((a, b) => a + b, 0);
   }
 
   /** CPU seconds of each client process (taskset execs the client, so the pid is the client's). */
@@ -511,24 +611,14 @@ async function fixedRateC(
   const t0 = performance.now();
   const { first, last } = await publisher.run(rate, seconds);
   const expected = (last - first + 1) * clients;
-  let total: CStats | undefined;
+  // Wait for stragglers without resetting, so the percentiles cover every delivery of the step
+  // (under overload the stragglers are the oldest snapshots).
   const deadline = performance.now() + 3000;
-  const latencies: CStats["latency"][] = [];
-  while (true) {
-    const s = await client.stats();
-    latencies.push(s.latency);
-    total = total === undefined ? s : {
-      ...s,
-      received: total.received + s.received,
-      gaps: total.gaps + s.gaps,
-      outOfOrder: total.outOfOrder + s.outOfOrder,
-    };
-    if (total.received >= expected || performance.now() > deadline) break;
+  while ((await client.count()) < expected && performance.now() < deadline) {
     await new Promise((r) => setTimeout(r, 100));
   }
+  const total = await client.stats();
   const elapsed = (performance.now() - t0) / 1000;
-  // Latency percentiles of the first (largest) window; later windows hold only stragglers.
-  const main = latencies.reduce((a, b) => (b.count > a.count ? b : a));
   return {
     rate,
     clients,
@@ -537,7 +627,7 @@ async function fixedRateC(
     gaps: total.gaps,
     outOfOrder: total.outOfOrder,
     deliveriesPerSecond: total.received / seconds,
-    latencyMs: { ...main, max: Math.max(...latencies.map((l) => l.max)) },
+    latencyMs: total.latency,
     relayCpu: (cpuSeconds(relay.pid) - relayCpu0) / elapsed,
     // The busiest client process: near 1.0 means the load client, not the relay, is the limit.
     clientCpu: Math.max(...client.cpuSeconds().map((cpu, i) => (cpu - clientCpu0[i]) / elapsed)),
@@ -552,35 +642,38 @@ async function benchRelayC(name: string, natsUrl: string, publisher: Publisher, 
     publisher.publishOne();
     await new Promise((r) => setTimeout(r, 500));
     const rssIdle0 = rssMb(relay.pid);
+    // Connect burst: every connect starts at once; each times its snapshot from its start.
+    const stopPerf = await perfBurst(relay);
     const big = new CClientGroup(binary, relay.port, N_BIG);
     await big.ready();
     let stats = await big.stats();
     const deadline = performance.now() + 10_000;
-    while (stats.snapshot.count < N_BIG && performance.now() < deadline) {
+    while (stats.first.count < N_BIG && performance.now() < deadline) {
       await new Promise((r) => setTimeout(r, 100));
       stats = await big.stats();
     }
-    // Not reported: this client connects one socket at a time and reads the 101 together with
-    // the first frame, so it cannot time the gap between them; the Deno client measures it.
-    result.snapshotAfterConnectMs = null;
-    if (stats.snapshot.count < N_BIG) {
-      console.error(`${name}: ${N_BIG - stats.snapshot.count} without a snapshot`);
+    await stopPerf();
+    result.firstSnapshotMs = { ...stats.first, missing: N_BIG - stats.first.count };
+    result.snapshotAfterOpenMs = stats.snapshot;
+    if (stats.first.count < N_BIG) {
+      console.error(`${name}: ${N_BIG - stats.first.count} without a snapshot`);
     }
     await new Promise((r) => setTimeout(r, 1000));
     result.memoryPerIdleConnectionKb = ((rssMb(relay.pid) - rssIdle0) * 1024) / N_BIG;
-    result.fixedBig = await fixedRateC(relay, publisher, big, N_BIG, 4, FIXED_SECONDS);
-    console.error(`${name}: ${N_BIG} clients × 4 msg/s done (C client)`);
+    console.error(`${name}: burst of ${N_BIG} connects done`);
+    if (SCENARIOS.has("fixed")) {
+      result.fixedBig = await fixedRateC(relay, publisher, big, N_BIG, 4, FIXED_SECONDS);
+      console.error(`${name}: ${N_BIG} clients × 4 msg/s done`);
+    }
     await big.quit();
     const small = new CClientGroup(binary, relay.port, N_SMALL);
     await small.ready();
     await new Promise((r) => setTimeout(r, 500));
-    result.fixedSmall = await fixedRateC(relay, publisher, small, N_SMALL, 4, FIXED_SECONDS);
-    Object.assign(
+    await runLoadScenarios(
+      name,
+      relay,
       result,
-      await stepUp(
-        name,
-        (rate) => fixedRateC(relay, publisher, small, N_SMALL, rate, STEP_SECONDS),
-      ),
+      (rate, seconds) => fixedRateC(relay, publisher, small, N_SMALL, rate, seconds),
     );
     await small.quit();
   } finally {
@@ -593,25 +686,151 @@ function fmt(n: unknown, digits = 1): string {
   return typeof n === "number" && Number.isFinite(n) ? n.toFixed(digits) : "-";
 }
 
+/** Why a reference relay cannot run here, or null; installs bench/refs' packages on first use. */
+async function unavailable(kind: string): Promise<string | null> {
+  if (kind === "gateway") return null;
+  if (kind === "node") {
+    const ok = await new Deno.Command("node", { args: ["--version"], stdout: "null" }).output()
+      .then((o) => o.success, () => false);
+    if (!ok) return "node is not installed";
+  }
+  try {
+    await Deno.stat(`${refs}/node_modules`);
+  } catch {
+    console.error("installing reference relays (npm ci in bench/refs)");
+    const ok = await new Deno.Command("npm", { args: ["ci", "--silent"], cwd: refs }).spawn()
+      .status.then((s) => s.success, () => false);
+    if (!ok) return "npm ci failed in bench/refs";
+  }
+  if (kind === "bun") {
+    try {
+      await Deno.stat(`${refs}/node_modules/.bin/bun`);
+    } catch {
+      return "bench/refs/node_modules/.bin/bun is missing (the bun package's binary did not install)";
+    }
+  }
+  return null;
+}
+
+/** The C client's binary, or undefined for Deno WebSocket clients. */
+async function loadClient(): Promise<string | undefined> {
+  if (CLIENT === "js") return undefined;
+  try {
+    return await buildCClient();
+  } catch (err) {
+    if (env.BENCH_CLIENT === "c") throw err;
+    console.error(`${(err as Error).message}: using Deno WebSocket clients (BENCH_CLIENT=js)`);
+    return undefined;
+  }
+}
+
+// deno-lint-ignore no-explicit-any
+type R = Record<string, any>;
+
+function printTable(results: R[]): void {
+  const rows: [string, (r: R) => string][] = [
+    [
+      `max deliveries/s (N=${N_SMALL}, p99≤250ms, no loss)`,
+      (r) => fmt(r.maxDeliveriesPerSecond, 0),
+    ],
+    [
+      `overload ${OVERLOAD_RATE} msg/s × ${N_SMALL}: deliveries/s`,
+      (r) => fmt(r.overload?.deliveriesPerSecond, 0),
+    ],
+    [`overload: p99 age of delivered snapshots ms`, (r) => fmt(r.overload?.latencyMs.p99)],
+    [
+      `overload: RSS before → peak MB`,
+      (r) =>
+        r.overload ? `${fmt(r.overload.rssBeforeMb, 0)} → ${fmt(r.overload.rssPeakMb, 0)}` : "-",
+    ],
+    [`p99 latency ms, ${N_BIG} clients × 4 msg/s`, (r) => fmt(r.fixedBig?.latencyMs.p99)],
+    [`p99 latency ms, ${N_SMALL} clients × 4 msg/s`, (r) => fmt(r.fixedSmall?.latencyMs.p99)],
+    [
+      `first snapshot from connect start p50 / p99 ms (${N_BIG} burst)`,
+      (r) => `${fmt(r.firstSnapshotMs?.p50, 2)} / ${fmt(r.firstSnapshotMs?.p99, 2)}`,
+    ],
+    [
+      `first snapshot from open p50 / p99 ms`,
+      (r) => `${fmt(r.snapshotAfterOpenMs?.p50, 2)} / ${fmt(r.snapshotAfterOpenMs?.p99, 2)}`,
+    ],
+    ["memory per idle connection KB", (r) => fmt(r.memoryPerIdleConnectionKb)],
+  ];
+  console.log(`\n| metric | ${results.map((r) => r.relay).join(" | ")} |`);
+  console.log(`|---|${results.map(() => "---").join("|")}|`);
+  for (const [label, get] of rows) {
+    console.log(`| ${label} | ${results.map((r) => r.skipped ? "skipped" : get(r)).join(" | ")} |`);
+  }
+}
+
+/** Each gateway variant against each reference relay: the issue's ratios, then its targets. */
+function printRatios(results: R[]): void {
+  const isGateway = (r: R) => r.relay.startsWith("gateway");
+  const ran = results.filter((r) => !r.skipped);
+  for (const g of ran.filter(isGateway)) {
+    for (const o of ran.filter((r) => !isGateway(r))) {
+      const ratio = (f: (r: R) => number) => fmt(f(g) / f(o), 2);
+      console.log(
+        `ratio ${g.relay}/${o.relay}: max deliveries ${ratio((r) => r.maxDeliveriesPerSecond)}, ` +
+          `overload p99 age ${ratio((r) => r.overload?.latencyMs.p99)}, ` +
+          `overload RSS growth ${ratio((r) => r.overload?.rssGrowthMb)}, ` +
+          `first snapshot p99 ${ratio((r) => r.firstSnapshotMs?.p99)}, ` +
+          `p99@${N_BIG}×4 ${ratio((r) => r.fixedBig?.latencyMs.p99)}, ` +
+          `memory/conn ${ratio((r) => r.memoryPerIdleConnectionKb)}`,
+      );
+    }
+    // The first run of that kind (`deno`, `deno@0`, …).
+    const ref = (kind: string) => ran.find((r) => r.relay.replace(/[:@+].*$/, "") === kind);
+    const check = (what: string, ok: boolean | undefined) =>
+      console.log(
+        `target ${g.relay}: ${what}: ${ok === undefined ? "not measured" : ok ? "met" : "NOT met"}`,
+      );
+    const deno = ref("deno"), node = ref("node"), bun = ref("bun");
+    const has = (...xs: unknown[]) => xs.every((x) => typeof x === "number" && Number.isFinite(x));
+    const cmp = (a: number, b: number, ok: (a: number, b: number) => boolean) =>
+      has(a, b) ? ok(a, b) : undefined;
+    check(
+      `overload p99 age ≤ ${P99_LIMIT_MS} ms`,
+      cmp(g.overload?.latencyMs.p99, 0, (a) => a <= P99_LIMIT_MS),
+    );
+    check("overload RSS growth ≤ 100 MB", cmp(g.overload?.rssGrowthMb, 0, (a) => a <= 100));
+    for (const o of [deno, node]) {
+      check(
+        `first snapshot p99 ≤ ${o?.relay ?? "?"}'s`,
+        cmp(g.firstSnapshotMs?.p99, o?.firstSnapshotMs?.p99, (a, b) => a <= b),
+      );
+    }
+    check(
+      "p99 at 5,000 × 4 msg/s ≤ bun's",
+      cmp(g.fixedBig?.latencyMs.p99, bun?.fixedBig?.latencyMs.p99, (a, b) => a <= b),
+    );
+    check(
+      "max deliveries ≥ 2× deno's",
+      cmp(g.maxDeliveriesPerSecond, deno?.maxDeliveriesPerSecond, (a, b) => a >= 2 * b),
+    );
+    check(
+      "max deliveries ≥ node's",
+      cmp(g.maxDeliveriesPerSecond, node?.maxDeliveriesPerSecond, (a, b) => a >= b),
+    );
+    check(
+      "memory per idle connection ≤ 1.10 × deno's",
+      cmp(g.memoryPerIdleConnectionKb, deno?.memoryPerIdleConnectionKb, (a, b) => a <= 1.1 * b),
+    );
+  }
+}
+
 if (import.meta.main) {
   await using nats = await NatsServer.start();
   const nc = await connect({ servers: nats.url });
   await ensureStreams(await jetstreamManager(nc), createLogger("warn"));
   const publisher = new Publisher(jetstream(nc));
-  const cClient = env.BENCH_CLIENT === "c" ? await buildCClient() : undefined;
-  const results = [];
+  const cClient = await loadClient();
+  const results: R[] = [];
   for (const name of RELAYS) {
-    if (!name.startsWith("gateway")) {
-      try {
-        await Deno.stat(`${refs}/node_modules`);
-      } catch {
-        console.error("installing reference relays (npm ci in bench/refs)");
-        const { success } = await new Deno.Command("npm", {
-          args: ["ci", "--silent"],
-          cwd: refs,
-        }).spawn().status;
-        if (!success) throw new Error("npm ci failed in bench/refs");
-      }
+    const why = await unavailable(name.replace(/[:@+].*$/, ""));
+    if (why !== null) {
+      console.error(`--- ${name}: skipped: ${why}`);
+      results.push({ relay: name, skipped: why });
+      continue;
     }
     console.error(`--- ${name}`);
     results.push(
@@ -621,64 +840,14 @@ if (import.meta.main) {
     );
   }
   await nc.close();
-
-  // deno-lint-ignore no-explicit-any
-  type R = Record<string, any>;
-  const byName = new Map(results.map((r) => [r.relay as string, r as R]));
-  const rows = [
-    [
-      "max deliveries/s (N=" + N_SMALL + ", p99≤250ms, no loss)",
-      (r: R) => fmt(r.maxDeliveriesPerSecond, 0),
-    ],
-    [`p99 latency ms, ${N_BIG} clients × 4 msg/s`, (r: R) => fmt(r.fixedBig?.latencyMs.p99)],
-    [`p99 latency ms, ${N_SMALL} clients × 4 msg/s`, (r: R) => fmt(r.fixedSmall?.latencyMs.p99)],
-    [
-      `snapshot after connect p50 ms (${N_BIG} burst)`,
-      (r: R) => fmt(r.snapshotAfterConnectMs?.p50, 2),
-    ],
-    [
-      `snapshot after connect p99 ms (${N_BIG} burst)`,
-      (r: R) => fmt(r.snapshotAfterConnectMs?.p99, 2),
-    ],
-    ["memory per idle connection KB", (r: R) => fmt(r.memoryPerIdleConnectionKb)],
-  ] as const;
-  const names = results.map((r) => r.relay as string);
-  console.log(`\n| metric | ${names.join(" | ")} |`);
-  console.log(`|---|${names.map(() => "---").join("|")}|`);
-  for (const [label, get] of rows) {
-    console.log(`| ${label} | ${names.map((n) => get(byName.get(n)!)).join(" | ")} |`);
-  }
-  // Each gateway variant (gateway, gateway:8@0-7, …) against each reference relay.
-  const isGateway = (n: string) => n.startsWith("gateway");
-  for (const mine of names.filter(isGateway)) {
-    const gateway = byName.get(mine)!;
-    for (const other of names.filter((n) => !isGateway(n))) {
-      const o = byName.get(other)!;
-      console.log(
-        `ratio ${mine}/${other}: max deliveries ${
-          fmt(gateway.maxDeliveriesPerSecond / o.maxDeliveriesPerSecond, 2)
-        }, ` +
-          `p99@${N_BIG} ${fmt(gateway.fixedBig?.latencyMs.p99 / o.fixedBig?.latencyMs.p99, 2)}, ` +
-          `snapshot p99 ${
-            fmt(gateway.snapshotAfterConnectMs?.p99 / o.snapshotAfterConnectMs?.p99, 2)
-          }, ` +
-          `memory/conn ${fmt(gateway.memoryPerIdleConnectionKb / o.memoryPerIdleConnectionKb, 2)}`,
-      );
-    }
-  }
+  printTable(results);
+  printRatios(results);
   await Deno.mkdir(`${root}bench/results`, { recursive: true });
   const file = `${root}bench/results/${new Date().toISOString().replace(/[:.]/g, "-")}.json`;
+  const config = { N_SMALL, N_BIG, FIXED_SECONDS, STEP_SECONDS, RATES, OVERLOAD_RATE, CLIENT };
   await Deno.writeTextFile(
     file,
-    JSON.stringify(
-      {
-        date: new Date().toISOString(),
-        config: { N_SMALL, N_BIG, FIXED_SECONDS, STEP_SECONDS, RATES },
-        results,
-      },
-      null,
-      2,
-    ),
+    JSON.stringify({ date: new Date().toISOString(), config, results }, null, 2),
   );
   console.log(`results: ${file}`);
 }

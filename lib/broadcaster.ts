@@ -38,6 +38,11 @@ export interface BroadcasterOptions {
   readonly clientBufferBytes: number;
   /** How long a client may stay over its bound before it is closed with 4008. */
   readonly slowClientTimeoutMs: number;
+  /**
+   * How long (ms) a payload may wait in a client's queue: a client whose oldest queued payload
+   * is older is conflated like one over its byte bound. 0: bytes alone bound the queue.
+   */
+  readonly clientMaxQueueMs?: number;
   /** How often clients that are behind are checked for room. Default 20 ms. */
   readonly drainCheckMs?: number;
   readonly now?: () => number;
@@ -62,6 +67,14 @@ interface Client {
   behindSince: number;
   /** The #generation of the last payload sent to it: the drain never sends one twice. */
   sentGeneration: number;
+  /** Bytes ever sent to it; minus bufferedAmount, what Deno has written to the kernel. */
+  sentBytes: number;
+  /**
+   * Payloads still queued, oldest first, as pairs [end offset in sentBytes, time sent], from
+   * index `queueHead`: the oldest one's age is the client's lag. Empty unless it lags.
+   */
+  queue: number[];
+  queueHead: number;
 }
 
 export class Broadcaster {
@@ -82,6 +95,7 @@ export class Broadcaster {
   constructor(options: BroadcasterOptions, events: BroadcasterEvents = {}) {
     this.#options = {
       drainCheckMs: 20,
+      clientMaxQueueMs: 0,
       now: Date.now,
       setInterval: (tick, ms) => setInterval(tick, ms),
       clearInterval: (id) => clearInterval(id as ReturnType<typeof setInterval>),
@@ -113,7 +127,14 @@ export class Broadcaster {
    */
   add(socket: ClientSocket): void {
     if (this.#clients.has(socket)) return;
-    const client: Client = { socket, behindSince: -1, sentGeneration: 0 };
+    const client: Client = {
+      socket,
+      behindSince: -1,
+      sentGeneration: 0,
+      sentBytes: 0,
+      queue: [],
+      queueHead: 0,
+    };
     this.#clients.set(socket, client);
     if (this.#latest !== null && this.#deliver(client, this.#latest)) {
       this.#events.delivered?.(1, this.#latestBytes);
@@ -172,7 +193,10 @@ export class Broadcaster {
       return false;
     }
     const queued = socket.bufferedAmount;
-    if (queued > 0 && queued + payload.length > this.#options.clientBufferBytes) {
+    if (
+      queued > 0 &&
+      (queued + payload.length > this.#options.clientBufferBytes || this.#tooOld(client, queued))
+    ) {
       // Already owed a payload: that one is now superseded.
       if (this.#behind.has(client)) this.#events.conflated?.();
       if (client.behindSince < 0) client.behindSince = this.#options.now();
@@ -184,13 +208,14 @@ export class Broadcaster {
       }
       return false;
     }
-    return this.#send(client, payload);
+    return this.#send(client, payload, queued);
   }
 
   /** Sends the newest payload; a client sent it is owed nothing, so it leaves the behind set. */
-  #send(client: Client, payload: string): boolean {
+  #send(client: Client, payload: string, queued: number): boolean {
     try {
       client.socket.send(payload);
+      if (this.#options.clientMaxQueueMs > 0) this.#queued(client, queued);
       client.sentGeneration = this.#generation;
       client.behindSince = -1;
       this.#behind.delete(client);
@@ -200,6 +225,36 @@ export class Broadcaster {
       this.remove(client.socket, "send_error");
       return false;
     }
+  }
+
+  /** Notes the payload just queued for `client` behind `queuedBefore` bytes. */
+  #queued(client: Client, queuedBefore: number): void {
+    if (queuedBefore === 0) {
+      // Everything earlier is written: only this payload is queued.
+      client.queue.length = 0;
+      client.queueHead = 0;
+    }
+    client.sentBytes += this.#latestBytes;
+    client.queue.push(client.sentBytes, this.#options.now());
+  }
+
+  /** Whether the oldest payload still in the client's queue has waited past the bound. */
+  #tooOld(client: Client, queued: number): boolean {
+    if (this.#options.clientMaxQueueMs === 0) return false;
+    const written = client.sentBytes - queued;
+    const queue = client.queue;
+    let head = client.queueHead;
+    while (head < queue.length && queue[head] <= written) head += 2;
+    if (head >= queue.length) {
+      queue.length = 0;
+      head = 0;
+    } else if (head > 64) {
+      queue.splice(0, head);
+      head = 0;
+    }
+    client.queueHead = head;
+    return head < queue.length &&
+      this.#options.now() - queue[head + 1] > this.#options.clientMaxQueueMs;
   }
 
   #closeSlow(client: Client): void {
@@ -227,8 +282,12 @@ export class Broadcaster {
         // Already has the newest (sent directly since it fell behind): owed nothing.
         this.#behind.delete(client);
         client.behindSince = -1;
-      } else if (queued === 0 || queued + payload.length <= this.#options.clientBufferBytes) {
-        if (this.#send(client, payload)) this.#events.delivered?.(1, this.#latestBytes);
+      } else if (
+        queued === 0 ||
+        (queued + payload.length <= this.#options.clientBufferBytes &&
+          !this.#tooOld(client, queued))
+      ) {
+        if (this.#send(client, payload, queued)) this.#events.delivered?.(1, this.#latestBytes);
       } else if (now - client.behindSince >= this.#options.slowClientTimeoutMs) {
         this.#closeSlow(client);
       }
