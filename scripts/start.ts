@@ -5,6 +5,7 @@
  * environment and files (the env file can be anywhere) and run `deno`; it never touches the
  * network. Arguments after the task name go to main.ts (e.g. `--health-check`).
  */
+import { parseArgs } from "../lib/cli.ts";
 import { type Config, ConfigError } from "../lib/config.ts";
 import { type LoadedEnvironment, loadEnvironment } from "../lib/env_file.ts";
 import { createLogger } from "../lib/log.ts";
@@ -32,12 +33,15 @@ export function deriveScope(config: Config, args: readonly string[]): Permission
   return launchScope(config, {
     envFile: Deno.env.get("GATEWAY_ENV_FILE")?.trim() || ".env",
     libDir: decodeURIComponent(new URL("../lib", import.meta.url).pathname),
-    healthCheck: args.includes("--health-check"),
+    healthCheck: args.includes("--health-check") || args.includes("--live-check"),
   });
 }
 
-/** The `deno` arguments that run main.ts with `scope`, then `args`. */
-export function gatewayArgs(scope: PermissionScope, args: readonly string[]): string[] {
+/**
+ * The `deno` arguments that run main.ts with `scope`, then `args`; with no scope, main.ts gets
+ * no permission at all (--help, --version: they read neither config nor files).
+ */
+export function gatewayArgs(scope: PermissionScope | undefined, args: readonly string[]): string[] {
   const path = (relative: string) =>
     decodeURIComponent(new URL(relative, import.meta.url).pathname);
   return [
@@ -47,13 +51,18 @@ export function gatewayArgs(scope: PermissionScope, args: readonly string[]): st
     "--no-prompt",
     "--config",
     path("../deno.json"),
-    ...permissionFlags(scope),
+    ...(scope ? permissionFlags(scope) : []),
     path("../main.ts"),
     ...args,
   ];
 }
 
 export async function launch(args: readonly string[]): Promise<number> {
+  // Help, version and bad arguments are answered before any configuration is read, so a broken
+  // environment cannot hide them; main.ts answers them without permissions.
+  if (["help", "version", "invalid"].includes(parseArgs(args).kind)) {
+    return await runMain(gatewayArgs(undefined, args), {});
+  }
   const config = readConfig();
   if (config === undefined) return 2;
   let scope: PermissionScope;
@@ -66,13 +75,18 @@ export async function launch(args: readonly string[]): Promise<number> {
   }
   // Deno refuses /proc/self/limits without --allow-all, so the gateway learns its fd limit here.
   const fdLimit = Deno.env.get("GATEWAY_FD_LIMIT")?.trim() || await softFdLimit();
+  return await runMain(gatewayArgs(scope, args), fdLimit ? { GATEWAY_FD_LIMIT: fdLimit } : {});
+}
+
+/** Runs `deno denoArgs` with `env` added, passing stdio and signals through; its exit code. */
+async function runMain(denoArgs: string[], env: Record<string, string>): Promise<number> {
   // `deno` from PATH: the launcher's --allow-run names it, while Deno.execPath() may be the
   // target of a symlink that the grant does not cover.
   let child: Deno.ChildProcess;
   try {
     child = new Deno.Command("deno", {
-      args: gatewayArgs(scope, args),
-      ...(fdLimit ? { env: { GATEWAY_FD_LIMIT: fdLimit } } : {}),
+      args: denoArgs,
+      env,
       stdin: "inherit",
       stdout: "inherit",
       stderr: "inherit",
