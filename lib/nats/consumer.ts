@@ -19,8 +19,10 @@ import { ask, isNotFound, NatsRequestError, newestSequence } from "./streams.ts"
 
 /** Pause before a consumer is recreated, so a delete in progress is not raced. */
 const RESTART_DELAY_MS = 100;
-/** Pause after a failed (re)creation before the next try. */
+/** Pause after a failed (re)creation before the next try (the first FAST_ATTEMPTS tries). */
 const RETRY_DELAY_MS = 250;
+/** Longest pause between tries once they keep failing (e.g. a durable that may not be created). */
+const MAX_RETRY_DELAY_MS = 5_000;
 /**
  * The server sends a heartbeat this often while a pull waits; two missed ones (about 2 s)
  * replace the consumer, so one bound to a dead node is noticed fast.
@@ -29,11 +31,29 @@ export const IDLE_HEARTBEAT_MS = 1_000;
 /** A pull request lives this long before the client renews it (nats.js minimum: 1 s). */
 const PULL_EXPIRES_MS = 5_000;
 /**
- * Requests that (re)create a consumer give up after this, not the client's default 5 s: on a
- * cluster that just lost a node the meta leader may place the new consumer on the dead node
- * (until it is marked offline, ~10 s+) and never answer; another try picks a live one.
+ * Per-attempt timeout of the requests that (re)create a consumer, not the client's default 5 s:
+ * after a node loss a request may reach a stream with no leader yet (raft election, 4-9 s on
+ * nats-server 2.9) or a consumer placed on the dead node, and is never answered; a short
+ * timeout retries soon after the election ends. A sound cluster answers them in milliseconds;
+ * after FAST_ATTEMPTS failures the timeout grows, so a merely slow server still gets through.
  */
-const CREATE_TIMEOUT_MS = 1_500;
+const FAST_REQUEST_TIMEOUT_MS = 750;
+const FAST_ATTEMPTS = 8;
+/** An ordered consumer create not answered this soon is sent again in parallel (see hedged). */
+const HEDGE_AFTER_MS = 300;
+const MAX_REQUEST_TIMEOUT_MS = 5_000;
+
+/** Request timeout and pause before the next try after `failures` consecutive failed tries. */
+export function retrySchedule(failures: number): { timeoutMs: number; retryDelayMs: number } {
+  if (failures < FAST_ATTEMPTS) {
+    return { timeoutMs: FAST_REQUEST_TIMEOUT_MS, retryDelayMs: RETRY_DELAY_MS };
+  }
+  const growth = 2 ** (failures - FAST_ATTEMPTS + 1);
+  return {
+    timeoutMs: Math.min(MAX_REQUEST_TIMEOUT_MS, FAST_REQUEST_TIMEOUT_MS * growth),
+    retryDelayMs: Math.min(MAX_RETRY_DELAY_MS, RETRY_DELAY_MS * growth),
+  };
+}
 
 /** A message as the relay sees it. */
 export interface BusMessage {
@@ -70,6 +90,11 @@ export interface ConsumerOptions {
    * its cache from it): the first consumer starts there instead of asking the stream again.
    */
   readonly knownNewest?: number;
+  /**
+   * Whether a missing durable consumer may be created (GATEWAY_CREATE_STREAMS); default true.
+   * With false, one deleted while running is waited for (retried, logged), never recreated.
+   */
+  readonly createDurable?: boolean;
   /** Run before each recreation (e.g. recreate a deleted stream); never before the first. */
   readonly beforeRestart?: (jsm: JetStreamManager) => Promise<void>;
 }
@@ -84,6 +109,12 @@ export class SnapshotConsumer implements AsyncIterable<BusMessage> {
   readonly #statusQueues = new Set<EventQueue<ConsumerStatus>>();
   #restartCurrent: (reason: string) => void = () => {};
   #restarts = 0;
+  /** Consecutive failed (re)creations: they set the next try's timeout and pause. */
+  #failures = 0;
+  /** The last failed try's request and error, so a repeat is not warned about again. */
+  #lastFailure = "";
+  /** The consumer delivering now, with what `consuming` said of it; undefined while replaced. */
+  #current: { consumer: Consumer; consuming: ConsumerStatus } | undefined;
 
   constructor(
     readonly nc: NatsConnection,
@@ -105,19 +136,17 @@ export class SnapshotConsumer implements AsyncIterable<BusMessage> {
 
   async *[Symbol.asyncIterator](): AsyncGenerator<BusMessage> {
     const { nc, signal } = this;
-    const js = jetstream(nc, { timeout: CREATE_TIMEOUT_MS });
-    const jsm = await jetstreamManager(nc, { timeout: CREATE_TIMEOUT_MS });
     const connectionEvents = nc.status();
     void (async () => {
       for await (const s of connectionEvents) {
-        if (s.type === "reconnect") this.#restartCurrent("nats reconnected");
+        if (s.type === "reconnect") void this.#keepIfAlive();
       }
     })();
     const stopOnAbort = () => this.#restartCurrent("shutdown");
     signal.addEventListener("abort", stopOnAbort, { once: true });
     try {
       while (!signal.aborted) {
-        const reason = yield* this.#consumeOnce(js, jsm);
+        const reason = yield* this.#consumeOnce();
         if (signal.aborted) break;
         // Let a deleted stream or consumer settle before binding again.
         await delay(RESTART_DELAY_MS, signal);
@@ -137,36 +166,59 @@ export class SnapshotConsumer implements AsyncIterable<BusMessage> {
     }
   }
 
+  /**
+   * After a NATS reconnect: the consumer lives on a server of its own, often not the one the
+   * connection lost, so it is kept when it still answers (nats.js then renews its pull) and
+   * replaced only when it is gone or its node does not answer. A creation under way goes on.
+   */
+  async #keepIfAlive(): Promise<void> {
+    const current = this.#current;
+    if (current === undefined) return;
+    try {
+      // Uses the creating client's short timeout (retrySchedule): a dead node is not waited for.
+      await current.consumer.info();
+      if (this.#current !== current) return;
+      this.options.logger.info("nats reconnected; consumer kept", {
+        stream: this.options.stream,
+        consumer: this.options.durableName || "ordered",
+      });
+      this.#emit(current.consuming);
+    } catch (err) {
+      if (this.#current !== current) return;
+      this.#restartCurrent(
+        `nats reconnected; consumer ${isNotFound(err) ? "gone" : "not answering"}`,
+      );
+    }
+  }
+
   /** Creates one consumer and yields its messages until it must be replaced; returns why. */
-  async *#consumeOnce(
-    js: ReturnType<typeof jetstream>,
-    jsm: JetStreamManager,
-  ): AsyncGenerator<BusMessage, string> {
-    const { options, signal } = this;
+  async *#consumeOnce(): AsyncGenerator<BusMessage, string> {
+    const { nc, options, signal } = this;
+    const { timeoutMs, retryDelayMs } = retrySchedule(this.#failures);
     let messages: ConsumerMessages | undefined;
     let consumer: Consumer | undefined;
     let reason = "";
     this.#restartCurrent = (why) => {
       if (reason !== "") return;
       reason = why;
+      this.#current = undefined;
       this.#emit({ type: "interrupted", reason: why });
       messages?.stop();
     };
     try {
+      const js = jetstream(nc, { timeout: timeoutMs });
+      const jsm = await jetstreamManager(nc, { timeout: timeoutMs, checkAPI: false });
       // The first start follows the gateway's own stream setup; later ones may follow a
       // deleted stream.
       if (this.#restarts > 0) await options.beforeRestart?.(jsm);
-      const newestAtStart = this.#restarts === 0 && options.knownNewest !== undefined
-        ? options.knownNewest
-        : await newestSequence(jsm, options);
-      consumer = await ask(
-        `consumer create on ${options.stream} for ${options.subject}`,
-        () => openConsumer(js, jsm, options, newestAtStart),
-      );
-      const { created } = await ask(
-        `stream info ${options.stream}`,
-        () => jsm.streams.info(options.stream),
-      );
+      // Both are answered by the stream leader: asked together, one election is waited once.
+      const [newestAtStart, { created }] = await Promise.all([
+        this.#restarts === 0 && options.knownNewest !== undefined
+          ? options.knownNewest
+          : newestSequence(jsm, options),
+        ask(`stream info ${options.stream}`, () => jsm.streams.info(options.stream)),
+      ]);
+      consumer = await openConsumer(js, jsm, options, newestAtStart);
       messages = await consumer.consume({
         max_messages: 256,
         expires: PULL_EXPIRES_MS,
@@ -179,36 +231,61 @@ export class SnapshotConsumer implements AsyncIterable<BusMessage> {
         subject: options.subject,
         consumer: options.durableName || "ordered",
         newest_at_start: newestAtStart,
+        ...(this.#failures > 0 ? { failed_tries: this.#failures } : {}),
       });
+      this.#failures = 0;
       if (reason === "") {
-        this.#emit({ type: "consuming", newestAtStart, restarts: this.#restarts });
+        const consuming = { type: "consuming", newestAtStart, restarts: this.#restarts } as const;
+        this.#current = { consumer, consuming };
+        this.#emit(consuming);
       }
-      const durable = options.durableName !== "";
-      for await (const m of messages) {
-        yield {
-          data: m.data,
-          streamSequence: m.seq,
-          newestAtStart,
-          streamCreated: created,
-          timestampMs: Math.floor(m.info.timestampNanos / 1_000_000),
-        };
-        // Acked once handled: a durable redelivers what a crash interrupted.
-        if (durable) m.ack();
-      }
+      yield* this.#deliver(messages, newestAtStart, created);
       this.#restartCurrent("consumer ended");
     } catch (err) {
       if (signal.aborted) return "shutdown";
       this.#restartCurrent(`consumer failed: ${errorMessage(err)}`);
-      options.logger.warn("nats consumer failed; retrying", {
-        request: err instanceof NatsRequestError ? err.request : undefined,
-        error: errorMessage(err),
-      });
-      await delay(RETRY_DELAY_MS, signal);
+      this.#logFailure(err);
+      // A timeout has waited already: the next try goes at once (elections end unannounced).
+      if (!isTimeout(err) || this.#failures > FAST_ATTEMPTS) await delay(retryDelayMs, signal);
     } finally {
       messages?.stop();
       if (consumer !== undefined && options.durableName === "") void this.#delete(consumer);
     }
     return reason;
+  }
+
+  async *#deliver(
+    messages: ConsumerMessages,
+    newestAtStart: number,
+    streamCreated: string,
+  ): AsyncGenerator<BusMessage> {
+    const durable = this.options.durableName !== "";
+    for await (const m of messages) {
+      yield {
+        data: m.data,
+        streamSequence: m.seq,
+        newestAtStart,
+        streamCreated,
+        timestampMs: Math.floor(m.info.timestampNanos / 1_000_000),
+      };
+      // Acked once handled: a durable redelivers what a crash interrupted.
+      if (durable) m.ack();
+    }
+  }
+
+  /** Logs a failed try: the first of a run and any new error as warnings, repeats as debug. */
+  #logFailure(err: unknown): void {
+    this.#failures++;
+    const request = err instanceof NatsRequestError ? err.request : undefined;
+    // The request is its own field: the error says only what the server or client answered.
+    const error = errorMessage(err instanceof NatsRequestError ? err.cause : err);
+    const repeated = this.#failures > 1 && `${request} ${error}` === this.#lastFailure;
+    this.#lastFailure = `${request} ${error}`;
+    this.options.logger[repeated ? "debug" : "warn"]("nats consumer failed; retrying", {
+      ...(request !== undefined ? { request } : {}),
+      error,
+      failed_tries: this.#failures,
+    });
   }
 
   /** Deletes a replaced ordered consumer rather than leave it to expire on the server. */
@@ -267,6 +344,37 @@ class EventQueue<T> implements AsyncIterable<T> {
   }
 }
 
+/**
+ * Sends a second create when the first is not answered within HEDGE_AFTER_MS: after a node loss
+ * the meta leader may place an R1 consumer on the dead node (until it is marked offline) and
+ * never answer, while the other try usually lands on a live one. The first answer wins; a late
+ * one is deleted. Both unanswered: the first's error.
+ */
+async function hedged(create: () => Promise<Consumer>): Promise<Consumer> {
+  const first = create();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const answeredInTime = await Promise.race([
+    first.then(() => true, () => true),
+    new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), HEDGE_AFTER_MS))),
+  ]);
+  clearTimeout(timer);
+  if (answeredInTime) return await first;
+  const tries = [first, create()];
+  const winner = await Promise.any(tries.map((p, i) => p.then((consumer) => ({ consumer, i }))))
+    .catch(() => undefined);
+  if (winner === undefined) return await first; // rethrows the first's error
+  // A late one on a dead node cannot be deleted now; it expires (inactive_threshold, 5 min).
+  void tries[1 - winner.i].then((late) => late.delete()).catch(() => {});
+  return winner.consumer;
+}
+
+function isTimeout(err: unknown): boolean {
+  for (let e: unknown = err; e instanceof Error; e = e.cause) {
+    if (e.name === "TimeoutError" || /^timeout$/i.test(e.message)) return true;
+  }
+  return false;
+}
+
 function watchStatus(messages: ConsumerMessages, restart: (reason: string) => void): Promise<void> {
   return (async () => {
     for await (const s of messages.status()) {
@@ -289,38 +397,56 @@ async function openConsumer(
   options: ConsumerOptions,
   newestAtStart: number,
 ): Promise<Consumer> {
-  if (options.durableName === "") {
-    return await js.consumers.get(options.stream, {
-      // A single string: nats-server 2.9 rejects the array form.
-      filter_subjects: options.subject,
-      ...(newestAtStart > 0
-        ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: newestAtStart }
-        : { deliver_policy: DeliverPolicy.All }),
-    });
+  const { stream, subject, durableName } = options;
+  if (durableName === "") {
+    return await ask(
+      `ordered consumer create on ${stream} for ${subject}`,
+      () =>
+        hedged(() =>
+          js.consumers.get(stream, {
+            // A single string: nats-server 2.9 rejects the array form.
+            filter_subjects: subject,
+            ...(newestAtStart > 0
+              ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: newestAtStart }
+              : { deliver_policy: DeliverPolicy.All }),
+          })
+        ),
+    );
   }
   // Binding an existing durable needs only consumer info rights (least privilege).
   try {
-    return await js.consumers.get(options.stream, options.durableName);
+    return await ask(
+      `consumer info ${stream} ${durableName}`,
+      () => js.consumers.get(stream, durableName),
+    );
   } catch (err) {
     if (!isNotFound(err)) throw err;
   }
+  if (options.createDurable === false) {
+    throw new Error(
+      `durable consumer ${durableName} (GATEWAY_DURABLE) does not exist on stream ${stream} and GATEWAY_CREATE_STREAMS=false forbids creating it: create it with a NATS user allowed to (the gateway binds it once it exists), or set GATEWAY_CREATE_STREAMS=true`,
+    );
+  }
   try {
-    await jsm.consumers.add(options.stream, {
-      durable_name: options.durableName,
+    await jsm.consumers.add(stream, {
+      durable_name: durableName,
       ack_policy: AckPolicy.Explicit,
-      filter_subject: options.subject,
+      filter_subject: subject,
       deliver_policy: DeliverPolicy.LastPerSubject,
     });
   } catch (err) {
     // Another replica may have created it meanwhile; anything else is the user's to fix.
     if (!/already in use|already exists/i.test(errorMessage(err))) {
       throw new Error(
-        `durable consumer ${options.durableName} (GATEWAY_DURABLE) does not exist on stream ${options.stream} and cannot be created (${
+        `durable consumer ${durableName} (GATEWAY_DURABLE) does not exist on stream ${stream} and cannot be created (${
           errorMessage(err)
         }): create it with a NATS user allowed to, or unset GATEWAY_DURABLE`,
         { cause: err },
       );
     }
   }
-  return await js.consumers.get(options.stream, options.durableName);
+  return await ask(
+    `consumer info ${stream} ${durableName}`,
+    () => js.consumers.get(stream, durableName),
+  );
 }

@@ -1,7 +1,8 @@
 /**
  * A 3-node JetStream cluster on loopback: the node the gateway is connected to, then the
  * leader of the relayed stream, is killed while messages flow. Every client sees at most one
- * gap per failover and otherwise every message in order, relaying resumes within 10 s, and
+ * gap per failover and otherwise every message in order, relaying resumes within 10 s (or 3 s
+ * after nats-server's own election, see RELAY_AFTER_KILL_BOUND_MS), and
  * /health and /readyz turn unhealthy within 3 s of the stream holding messages the gateway
  * does not receive, then healthy again.
  */
@@ -11,6 +12,7 @@ import {
   DiscardPolicy,
   jetstream,
   type JetStreamManager,
+  jetstreamManager,
   RetentionPolicy,
   StorageType,
 } from "@nats-io/jetstream";
@@ -22,12 +24,15 @@ import { Client, eventually, recordingLogger, signal, testConfig } from "../help
 const STREAM = "LEVEL_SIGNALS";
 const PUBLISH_EVERY_MS = 50;
 /**
- * The goal is 10 s, but nats-server 2.9 holds a raft election 4–9 s after a (meta or stream)
- * leader dies, and neither takes a message nor creates a consumer before: measured kill-to-relay
- * times (README "Clusters") reach 11–12 s in some runs, so the test bounds it at 20 s and prints
- * each figure.
+ * What is asserted: the first message published after the kill reaches a client within 10 s of
+ * the kill, or within 3 s of nats-server being back, whichever is later. "Back" is the later of
+ * the stream storing a message again (stream leader elected) and the JetStream API answering
+ * again (meta leader elected: consumers can be created). nats-server 2.9 holds each raft
+ * election 4-9 s after a leader dies, and on a busy machine they alone can pass 10 s; the 3 s is
+ * the gateway's own share (detection, retries). Each figure is printed.
  */
-const RELAY_AFTER_KILL_BOUND_MS = 20_000;
+const RELAY_AFTER_KILL_BOUND_MS = 10_000;
+const GATEWAY_SHARE_BOUND_MS = 3_000;
 const UNHEALTHY_BOUND_MS = 3_000;
 /** Health is sampled this often; a sample can be late by this much. */
 const SAMPLE_EVERY_MS = 100;
@@ -48,7 +53,8 @@ class SteadyPublisher {
   }
 
   async #run(): Promise<void> {
-    const js = jetstream(nc(this), { timeout: 1_000 });
+    // A short timeout, so "writable again" is known within ~0.5 s of the election's end.
+    const js = jetstream(nc(this), { timeout: 500 });
     for (let n = 1; !this.#stopped; n++) {
       this.firstTriedAt[n] = Date.now();
       while (!this.#stopped) {
@@ -58,7 +64,7 @@ class SteadyPublisher {
           this.ackedAt[n] = Date.now();
           break;
         } catch {
-          await sleep(100); // no leader yet, or our node is gone: try the same message again
+          await sleep(50); // no leader yet, or our node is gone: try the same message again
         }
       }
       await sleep(PUBLISH_EVERY_MS);
@@ -147,12 +153,51 @@ async function replicasCurrent(jsm: JetStreamManager): Promise<void> {
   );
 }
 
+/**
+ * Asks the JetStream API (account info, answered by the meta leader) every 100 ms: when it
+ * answers again after a kill, consumers can be created again (the meta raft election is over).
+ */
+class ApiProbe {
+  readonly answers: { sentAt: number; at: number }[] = [];
+  #stopped = false;
+  readonly done: Promise<void>;
+  constructor(readonly nc: NatsConnection) {
+    this.done = this.#run();
+  }
+  async #run(): Promise<void> {
+    const jsm = await jetstreamManager(this.nc, { timeout: 500, checkAPI: false });
+    while (!this.#stopped) {
+      const sentAt = Date.now();
+      const ok = await jsm.getAccountInfo().then(() => true, () => false);
+      if (ok) this.answers.push({ sentAt, at: Date.now() });
+      await sleep(100);
+    }
+  }
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    await this.done;
+  }
+}
+
+/** What a failover is watched with. */
+interface Watchers {
+  publisher: SteadyPublisher;
+  clients: TimedClient[];
+  sampler: HealthSampler;
+  api: ApiProbe;
+  logLines: Record<string, unknown>[];
+}
+
 interface Failover {
   /** From the kill to the first message stored after it (an election can hold publishes). */
   publishAgainMs: number;
+  /** From the kill to the JetStream API answering a request sent after it (meta leader). */
+  apiAgainMs: number;
   relayAgainMs: number;
   unhealthyAfterMs: number | null;
   silenceMs: number;
+  /** What the gateway logged from the kill to relaying again, ms after the kill: to tell apart. */
+  trace: string[];
 }
 
 /**
@@ -160,12 +205,8 @@ interface Failover {
  * message published after it arriving; and, when the gateway fell silent while the stream
  * held newer messages, how long after the first such message /health and /readyz said 503.
  */
-async function failover(
-  victim: NatsServer,
-  publisher: SteadyPublisher,
-  clients: TimedClient[],
-  sampler: HealthSampler,
-): Promise<Failover> {
+async function failover(victim: NatsServer, watchers: Watchers): Promise<Failover> {
+  const { publisher, clients, sampler, api, logLines } = watchers;
   // Steady state first: a message published from now on has arrived.
   const from = publisher.last + 1;
   await eventually(() => clients.every((c) => (c.received.at(-1)?.n ?? 0) > from), "steady");
@@ -189,8 +230,20 @@ async function failover(
     "healthy again",
   );
   const firstStored = publisher.ackedAt.find((at) => at !== undefined && at >= killedAt)!;
+  await eventually(() => api.answers.some((a) => a.sentAt >= killedAt), "the JetStream API");
+  const apiAgain = api.answers.find((a) => a.sentAt >= killedAt)!;
+  const trace = logLines
+    .map((l) => ({ l, at: Date.parse(String(l.ts)) - killedAt }))
+    .filter(({ l, at }) => at >= 0 && at <= resumed.at - killedAt && l.level !== "debug")
+    .map(({ l, at }) =>
+      `+${at} ${l.msg}${l.reason ? ` (${l.reason})` : ""}${
+        l.request ? ` [${l.request}: ${l.error}]` : ""
+      }`
+    );
   return {
+    trace,
     publishAgainMs: firstStored - killedAt,
+    apiAgainMs: apiAgain.at - killedAt,
     relayAgainMs: resumed.at - killedAt,
     unhealthyAfterMs: unhealthy ? Math.max(0, unhealthy.at - storedAt) : null,
     silenceMs,
@@ -199,9 +252,13 @@ async function failover(
 
 function assertFailover(label: string, result: Failover): void {
   console.log(`${label}: ${JSON.stringify(result)}`);
+  const serverBackMs = Math.max(result.publishAgainMs, result.apiAgainMs);
   assert.ok(
-    result.relayAgainMs <= RELAY_AFTER_KILL_BOUND_MS,
-    `${label}: relayed again ${result.relayAgainMs} ms after the kill`,
+    result.relayAgainMs <=
+      Math.max(RELAY_AFTER_KILL_BOUND_MS, serverBackMs + GATEWAY_SHARE_BOUND_MS),
+    `${label}: relayed again ${result.relayAgainMs} ms after the kill, ${
+      result.relayAgainMs - serverBackMs
+    } ms after the stream took writes and the JetStream API answered again`,
   );
   // Silent with newer messages stored for longer than the bound: health must have said so.
   if (result.silenceMs > UNHEALTHY_BOUND_MS + SAMPLE_EVERY_MS) {
@@ -259,13 +316,15 @@ Deno.test({
       Array.from({ length: 3 }, async () => new TimedClient(await Client.open(gateway.addr))),
     );
     const sampler = new HealthSampler(`http://127.0.0.1:${gateway.addr.port}`);
+    const api = new ApiProbe(admin.nc);
+    const watchers = { publisher, clients, sampler, api, logLines: logger.lines };
     try {
       await eventually(() => sampler.samples.length > 0, "a health sample");
       // 1. The node the gateway is connected to (as /health names it).
       const gatewayNode = cluster.nodeAt(sampler.samples.at(-1)!.server);
       assertFailover(
         "gateway's node killed",
-        await failover(gatewayNode, publisher, clients, sampler),
+        await failover(gatewayNode, watchers),
       );
       await gatewayNode.restart();
       await replicasCurrent(admin.jsm);
@@ -285,7 +344,10 @@ Deno.test({
         15_000,
       );
       const leader = cluster.nodeNamed(await streamLeader(admin.jsm));
-      assertFailover("stream leader killed", await failover(leader, publisher, clients, sampler));
+      assertFailover(
+        "stream leader killed",
+        await failover(leader, watchers),
+      );
 
       await publisher.stop();
       const last = publisher.last;
@@ -302,6 +364,7 @@ Deno.test({
     } finally {
       await publisher.stop();
       await sampler.stop();
+      await api.stop();
       await Promise.all(clients.map((c) => c.client.close()));
       await pubNc.close();
     }

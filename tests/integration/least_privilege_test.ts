@@ -13,7 +13,14 @@ import {
 } from "@nats-io/jetstream";
 import { startGateway } from "../../lib/gateway.ts";
 import { NatsServer } from "../helpers/nats_server.ts";
-import { Client, eventually, recordingLogger, signal, testConfig } from "../helpers/fixtures.ts";
+import {
+  Client,
+  eventually,
+  health,
+  recordingLogger,
+  signal,
+  testConfig,
+} from "../helpers/fixtures.ts";
 
 const ADMIN_PASSWORD = "admin-secret-pw-1";
 const GATEWAY_PASSWORD = "gateway-secret-pw-1";
@@ -160,7 +167,7 @@ Deno.test("least privilege: a pre-created durable is bound without consumer-crea
     () =>
       logger.lines.some((l) =>
         JSON.stringify(l).includes(
-          `durable consumer ${DURABLE} (GATEWAY_DURABLE) does not exist on stream LEVEL_SIGNALS and cannot be created`,
+          `durable consumer ${DURABLE} (GATEWAY_DURABLE) does not exist on stream LEVEL_SIGNALS and GATEWAY_CREATE_STREAMS=false forbids creating it`,
         )
       ),
     "the clear error about the missing durable",
@@ -174,6 +181,63 @@ Deno.test("least privilege: a pre-created durable is bound without consumer-crea
   assert.deepEqual(await client.waitFor(3), [signal(1), signal(2), signal(3)]);
   assert.deepEqual(await admin.consumerNames(), [DURABLE]);
 });
+
+Deno.test("GATEWAY_CREATE_STREAMS=false: a durable deleted while running is not recreated, even by a user allowed to", async () => {
+  await using nats = await NatsServer.start();
+  const nc = await connect({ servers: nats.url });
+  try {
+    await deletedDurableNotRecreated(nats, nc);
+  } finally {
+    await nc.close();
+  }
+});
+
+async function deletedDurableNotRecreated(nats: NatsServer, nc: NatsConnection): Promise<void> {
+  const admin = await jetstreamManager(nc);
+  await admin.streams.add({ name: "LEVEL_SIGNALS", subjects: ["levels.*"] });
+  const durable = {
+    durable_name: DURABLE,
+    ack_policy: AckPolicy.Explicit,
+    filter_subject: "levels.signals",
+    deliver_policy: DeliverPolicy.LastPerSubject,
+  };
+  await admin.consumers.add("LEVEL_SIGNALS", durable);
+  const js = jetstream(nc);
+  await js.publish("levels.signals", signal(1));
+
+  // The gateway's user may do anything: only the setting keeps it from creating.
+  const logger = recordingLogger();
+  await using gateway = await startGateway(
+    testConfig(nats.url, { GATEWAY_CREATE_STREAMS: "false", GATEWAY_DURABLE: DURABLE }),
+    { logger, lagPollMs: 200 },
+  );
+  await using client = await Client.open(gateway.addr);
+  assert.deepEqual(await client.waitFor(1), [signal(1)]);
+
+  await admin.consumers.delete("LEVEL_SIGNALS", DURABLE);
+  const refusals = () =>
+    logger.lines.filter((l) =>
+      l.msg === "nats consumer failed; retrying" &&
+      String(l.error).includes(
+        `durable consumer ${DURABLE} (GATEWAY_DURABLE) does not exist on stream LEVEL_SIGNALS and GATEWAY_CREATE_STREAMS=false forbids creating it`,
+      )
+    );
+  await eventually(() => refusals().length >= 3, "three refused tries");
+  assert.equal(refusals()[0].level, "warn", "the first refusal is a warning");
+  assert.ok(refusals().slice(1).every((l) => l.level === "debug"), "repeats are not warned");
+  assert.deepEqual(
+    (await admin.consumers.list("LEVEL_SIGNALS").next()).map((c) => c.name),
+    [],
+    "the durable was not recreated",
+  );
+  assert.equal((await health(gateway.addr)).status, 503, "unhealthy without its consumer");
+
+  // Recreated by an admin: bound again, relaying, healthy.
+  await admin.consumers.add("LEVEL_SIGNALS", durable);
+  await js.publish("levels.signals", signal(2));
+  assert.deepEqual(await client.waitFor(2), [signal(1), signal(2)]);
+  await eventually(async () => (await health(gateway.addr)).status === 200, "healthy again");
+}
 
 Deno.test("GATEWAY_CREATE_STREAMS=false: a missing stream fails startup and nothing is created", async () => {
   await using nats = await NatsServer.start();
