@@ -47,13 +47,17 @@ abstract class Metric {
     readonly help: string,
     readonly type: "counter" | "gauge",
     readonly aggregation: Aggregation,
+    /** Reads the unlabelled value from elsewhere (e.g. the OS) instead of keeping it here. */
+    private readonly collect?: () => number,
   ) {}
 
   get(labels?: Labels): number {
+    if (this.collect && !labels) return this.collect();
     return this.values.get(labelKey(labels)) ?? 0;
   }
 
   snapshot(): MetricSnapshot {
+    if (this.collect) this.values.set("", this.collect());
     const { name, help, type, aggregation } = this;
     return { name, help, type, aggregation, values: [...this.values] };
   }
@@ -65,23 +69,14 @@ export class Counter extends Metric {
     help: string,
     initialLabels: Labels[] = [{}],
     aggregation: Aggregation = "sum",
-    /** Reads the unlabelled value from elsewhere (e.g. the OS) instead of counting it here. */
-    private readonly collect?: () => number,
+    collect?: () => number,
   ) {
-    super(name, help, "counter", aggregation);
+    super(name, help, "counter", aggregation, collect);
     for (const labels of initialLabels) this.values.set(labelKey(labels), 0);
   }
   inc(labels?: Labels, by = 1): void {
     const key = labelKey(labels);
     this.values.set(key, (this.values.get(key) ?? 0) + by);
-  }
-  override get(labels?: Labels): number {
-    if (this.collect && !labels) return this.collect();
-    return super.get(labels);
-  }
-  override snapshot(): MetricSnapshot {
-    if (this.collect) this.values.set("", this.collect());
-    return super.snapshot();
   }
 }
 
@@ -98,21 +93,13 @@ export class Gauge extends Metric {
     name: string,
     help: string,
     aggregation: Aggregation,
-    private readonly collect?: () => number,
+    collect?: () => number,
   ) {
-    super(name, help, "gauge", aggregation);
+    super(name, help, "gauge", aggregation, collect);
     this.values.set("", 0);
   }
   set(value: number, labels?: Labels): void {
     this.values.set(labelKey(labels), value);
-  }
-  override get(labels?: Labels): number {
-    if (this.collect && !labels) return this.collect();
-    return super.get(labels);
-  }
-  override snapshot(): MetricSnapshot {
-    if (this.collect) this.values.set("", this.collect());
-    return super.snapshot();
   }
 }
 
