@@ -1,8 +1,8 @@
 /**
  * A 3-node JetStream cluster on loopback: the node the gateway is connected to, then the
  * leader of the relayed stream, is killed while messages flow. Every client sees at most one
- * gap per failover and otherwise every message in order, relaying resumes within 10 s (or 3 s
- * after nats-server's own election, see RELAY_AFTER_KILL_BOUND_MS), and
+ * gap per failover and otherwise every message in order, relaying resumes within 10 s (or 4 s
+ * after nats-server's own elections, see RELAY_AFTER_KILL_BOUND_MS), and
  * /health and /readyz turn unhealthy within 3 s of the stream holding messages the gateway
  * does not receive, then healthy again.
  */
@@ -25,14 +25,15 @@ const STREAM = "LEVEL_SIGNALS";
 const PUBLISH_EVERY_MS = 50;
 /**
  * What is asserted: the first message published after the kill reaches a client within 10 s of
- * the kill, or within 3 s of nats-server being back, whichever is later. "Back" is the later of
+ * the kill, or within 4 s of nats-server being back, whichever is later. "Back" is the later of
  * the stream storing a message again (stream leader elected) and the JetStream API answering
  * again (meta leader elected: consumers can be created). nats-server 2.9 holds each raft
- * election 4-9 s after a leader dies, and on a busy machine they alone can pass 10 s; the 3 s is
- * the gateway's own share (detection, retries). Each figure is printed.
+ * election 4-10 s after a leader dies, so they alone can pass 10 s. The 4 s is the gateway's
+ * share (measured <= 1.4 s) plus creates the new meta leader leaves unanswered for a while
+ * (placed on the dead node: up to 2.9 s measured). Each figure is printed (README "Clusters").
  */
 const RELAY_AFTER_KILL_BOUND_MS = 10_000;
-const GATEWAY_SHARE_BOUND_MS = 3_000;
+const GATEWAY_SHARE_BOUND_MS = 4_000;
 const UNHEALTHY_BOUND_MS = 3_000;
 /** Health is sampled this often; a sample can be late by this much. */
 const SAMPLE_EVERY_MS = 100;
