@@ -5,6 +5,7 @@ import {
   type JetStreamClient,
   type JetStreamManager,
   jetstreamManager,
+  type PubAck,
 } from "@nats-io/jetstream";
 import { Broadcaster, CloseCode } from "./broadcaster.ts";
 import { connectNats, NatsUnavailableError } from "./nats/connection.ts";
@@ -35,6 +36,9 @@ const LAG_POLL_MS = 1_000;
 const STALLED_CHECKS_BEFORE_RESTART = 3;
 /** How long the answer "does a stream capture the dead-letter subject?" is kept. */
 const DEAD_LETTER_STREAM_RECHECK_MS = 60_000;
+/** A dead letter lost to a NATS restart is sent again: attempts, each waiting this long. */
+const DEAD_LETTER_ATTEMPTS = 5;
+const DEAD_LETTER_TIMEOUT_MS = 2_000;
 
 /** A running gateway as main.ts sees it: one isolate, or several (lib/cluster.ts). */
 export interface RunningGateway extends AsyncDisposable {
@@ -379,20 +383,44 @@ export async function startGateway(
         metrics.deadLetters.inc();
         return;
       }
-      const ack = await js.publish(config.deadLetterSubject, data, {
-        headers: h,
-        msgID: `${config.stream}:${seq}`,
-      });
+      const ack = await publishDeadLetter(js, data, h, seq);
+      if (ack === undefined) return;
       if (ack.duplicate) {
         logger.debug("dead letter already stored by another replica", { stream_seq: seq });
         return;
       }
       metrics.deadLetters.inc();
     } catch (err) {
-      // Too large for the server, a timeout, or the connection is closing: it stays counted
-      // as invalid.
+      // Too large for the server, or the connection is closing: it stays counted as invalid.
       logDeadLetterFailure("dead-letter publish failed", { error: err, stream_seq: seq });
     }
+  }
+
+  /**
+   * A stored dead letter, retried: the message is dead-lettered once per gateway, so a publish
+   * lost to a NATS restart must be sent again (the message id keeps retries to one copy).
+   * Undefined when every attempt failed or the gateway is stopping.
+   */
+  async function publishDeadLetter(
+    js: JetStreamClient,
+    data: Uint8Array,
+    h: ReturnType<typeof headers>,
+    seq: number,
+  ): Promise<PubAck | undefined> {
+    for (let attempt = 1; attempt <= DEAD_LETTER_ATTEMPTS && !abort.signal.aborted; attempt++) {
+      try {
+        return await js.publish(config.deadLetterSubject, data, {
+          headers: h,
+          msgID: `${config.stream}:${seq}`,
+          timeout: DEAD_LETTER_TIMEOUT_MS,
+        });
+      } catch (err) {
+        if (attempt === DEAD_LETTER_ATTEMPTS) {
+          logDeadLetterFailure("dead-letter publish failed", { error: err, stream_seq: seq });
+        } else await delay(500 * attempt, abort.signal);
+      }
+    }
+    return undefined;
   }
 
   /** Whether a stream captures the dead-letter subject; asked at most once a minute. */
