@@ -84,11 +84,16 @@ const PROBES = {
  */
 async function probe(kind: keyof typeof PROBES, config: Config, logger: Logger): Promise<number> {
   const { path, status, failure } = PROBES[kind];
+  // With GATEWAY_ADMIN_PORT, /health is served there (and /livez on both).
+  const admin = kind === "health-check" && config.adminPort > 0;
+  const [listenHost, port] = admin
+    ? [config.adminHost, config.adminPort]
+    : [config.host, config.port];
   // A gateway listening on every address is asked on loopback, which the permissions grant.
-  const host = ["0.0.0.0", "::", "[::]"].includes(config.host) ? "127.0.0.1" : config.host;
+  const host = ["0.0.0.0", "::", "[::]"].includes(listenHost) ? "127.0.0.1" : listenHost;
   const authority = host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
   try {
-    const response = await fetch(`http://${authority}:${config.port}${path}`, {
+    const response = await fetch(`http://${authority}:${port}${path}`, {
       signal: AbortSignal.timeout(3_000),
     });
     const body = await response.json();

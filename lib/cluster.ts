@@ -20,7 +20,7 @@ export type ToWorker =
 
 /** Worker → supervisor. */
 export type FromWorker =
-  | { type: "ready"; addr: Deno.NetAddr }
+  | { type: "ready"; addr: Deno.NetAddr; adminAddr?: Deno.NetAddr }
   | { type: "start-failed"; message: string }
   | { type: "failed"; message: string }
   | { type: "state"; report: InstanceReport }
@@ -107,7 +107,7 @@ export async function startCluster(config: Config, logger: Logger): Promise<Runn
   // Also what turns a silent worker's state stale in everyone's copy.
   const broadcastTimer = setInterval(broadcastState, PUBLISH_INTERVAL_MS);
 
-  const spawn = (index: number, port: number): WorkerHandle => {
+  const spawn = (index: number, port: number, adminPort: number): WorkerHandle => {
     const handle = new WorkerHandle(index, (message) => {
       states.remove(index);
       broadcastState();
@@ -122,11 +122,17 @@ export async function startCluster(config: Config, logger: Logger): Promise<Runn
     });
     // Every worker sees every invalid payload; one of them dead-letters it.
     const deadLetterSubject = index === 0 ? config.deadLetterSubject : "";
-    handle.post({ type: "start", config: { ...workerConfig, port, deadLetterSubject }, index });
+    handle.post({
+      type: "start",
+      config: { ...workerConfig, port, adminPort, deadLetterSubject },
+      index,
+    });
     return handle;
   };
 
-  const awaitReady = async (handle: WorkerHandle): Promise<Deno.NetAddr> => {
+  const awaitReady = async (
+    handle: WorkerHandle,
+  ): Promise<{ addr: Deno.NetAddr; adminAddr?: Deno.NetAddr }> => {
     const answer = await Promise.race([
       handle.next(["ready", "start-failed"], startupTimeoutMs),
       failed.then((error) => ({ type: "start-failed" as const, message: error.message })),
@@ -135,7 +141,7 @@ export async function startCluster(config: Config, logger: Logger): Promise<Runn
       throw new Error(`worker ${handle.index} did not start within ${startupTimeoutMs} ms`);
     }
     if (answer.type === "start-failed") throw new Error(answer.message);
-    return answer.addr;
+    return answer;
   };
 
   async function stopAll(): Promise<void> {
@@ -152,11 +158,15 @@ export async function startCluster(config: Config, logger: Logger): Promise<Runn
   }
 
   let addr: Deno.NetAddr;
+  let adminAddr: Deno.NetAddr | undefined;
   try {
-    // The first worker binds (and picks the port when GATEWAY_PORT=0); the rest join it.
-    addr = await awaitReady(spawn(0, config.port));
+    // The first worker binds (and picks the ports when they are 0); the rest join it.
+    ({ addr, adminAddr } = await awaitReady(spawn(0, config.port, config.adminPort)));
+    const adminPort = adminAddr?.port ?? config.adminPort;
     const rest = [];
-    for (let index = 1; index < config.workers; index++) rest.push(spawn(index, addr.port));
+    for (let index = 1; index < config.workers; index++) {
+      rest.push(spawn(index, addr.port, adminPort));
+    }
     await Promise.all(rest.map(awaitReady));
   } catch (err) {
     await stopAll();
@@ -164,10 +174,17 @@ export async function startCluster(config: Config, logger: Logger): Promise<Runn
   }
   logger.info("workers started", {
     addr: `${addr.hostname}:${addr.port}`,
+    ...(adminAddr ? { admin_addr: `${adminAddr.hostname}:${adminAddr.port}` } : {}),
     workers: config.workers,
   });
 
   let shuttingDown: Promise<void> | undefined;
   const shutdown = () => (shuttingDown ??= stopAll());
-  return { addr, failed, shutdown, [Symbol.asyncDispose]: shutdown };
+  return {
+    addr,
+    ...(adminAddr ? { adminAddr } : {}),
+    failed,
+    shutdown,
+    [Symbol.asyncDispose]: shutdown,
+  };
 }

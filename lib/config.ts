@@ -13,13 +13,10 @@ import {
   readPublicKeyFile,
 } from "./auth.ts";
 
-/** Raised when a variable holds a value the gateway cannot use. */
-export class ConfigError extends Error {
-  constructor(message: string, options?: ErrorOptions) {
-    super(message, options);
-    this.name = "ConfigError";
-  }
-}
+import { ConfigError } from "./config_error.ts";
+import { parseRoutes, routeReceives, type RouteSpec } from "./routes.ts";
+
+export { ConfigError };
 
 export type LogLevel = "debug" | "info" | "warn" | "error";
 
@@ -72,9 +69,34 @@ export interface Config {
   readonly host: string;
   /** GATEWAY_PORT, else PORT: listen port. Default 8000; 0 picks a free port. */
   readonly port: number;
-  /** GATEWAY_SUBJECT: subject relayed to /ws/stream. Default `levels.signals`. */
+  /**
+   * GATEWAY_ADMIN_HOST: listen address of the admin endpoints (/health, /readyz, /metrics) when
+   * GATEWAY_ADMIN_PORT is set. Default: GATEWAY_HOST.
+   */
+  readonly adminHost: string;
+  /**
+   * GATEWAY_ADMIN_PORT: a port of their own for /health, /readyz and /metrics, which the public
+   * port then no longer serves. Default -1: none, the public port serves them; 0 picks a free
+   * port. Must differ from the public port unless both are 0.
+   */
+  readonly adminPort: number;
+  /**
+   * GATEWAY_ROUTES: comma-separated `PATH=SUBJECT[@STREAM]` entries (lib/routes.ts). Unset:
+   * one route `/ws/stream=<GATEWAY_SUBJECT>@<GATEWAY_STREAM>`, i.e. by default
+   * `/ws/stream=levels.signals@LEVEL_SIGNALS`; GATEWAY_SUBJECT/GATEWAY_STREAM are refused beside it.
+   */
+  readonly routes: readonly RouteSpec[];
+  /**
+   * GATEWAY_ROUTE_MAX_VALUES: distinct values a templated route holds (each a subject with its
+   * cache and clients); past it the least recently used value without clients is dropped.
+   * Default 1000.
+   */
+  readonly routeMaxValues: number;
+  /** GATEWAY_VIEWER: serve the live viewer page at `/`. Default true; false: `/` is 404. */
+  readonly viewer: boolean;
+  /** The first route's subject (GATEWAY_SUBJECT when GATEWAY_ROUTES is unset). Being removed. */
   readonly subject: string;
-  /** GATEWAY_STREAM: JetStream stream holding the subject. Default `LEVEL_SIGNALS`. */
+  /** The first route's stream, or `LEVEL_SIGNALS` when it names none. Being removed. */
   readonly stream: string;
   /**
    * GATEWAY_DURABLE: durable consumer name. Default empty: each instance uses its own
@@ -170,7 +192,7 @@ export interface Config {
   /**
    * GATEWAY_DEAD_LETTER_SUBJECT: invalid payloads are also published here, unchanged, with
    * headers saying why and where they came from. Default empty: skipped and counted only.
-   * Must differ from GATEWAY_SUBJECT.
+   * Must not be a subject any route relays.
    */
   readonly deadLetterSubject: string;
 }
@@ -199,6 +221,11 @@ export const ENV_VARIABLES = [
   "GATEWAY_HOST",
   "GATEWAY_PORT",
   "PORT",
+  "GATEWAY_ADMIN_HOST",
+  "GATEWAY_ADMIN_PORT",
+  "GATEWAY_ROUTES",
+  "GATEWAY_ROUTE_MAX_VALUES",
+  "GATEWAY_VIEWER",
   "GATEWAY_SUBJECT",
   "GATEWAY_STREAM",
   "GATEWAY_DURABLE",
@@ -339,9 +366,9 @@ function readPath(env: Env, name: string): string {
   return env[name]?.trim() ?? "";
 }
 
-function parseHost(env: Env): string {
-  const raw = env.GATEWAY_HOST;
-  if (raw === undefined || raw.trim() === "") return "0.0.0.0";
+function parseHost(env: Env, name = "GATEWAY_HOST", fallback = "0.0.0.0"): string {
+  const raw = env[name];
+  if (raw === undefined || raw.trim() === "") return fallback;
   const host = raw.trim();
   const bracketed = host.includes(":") ? `[${host}]` : host;
   let valid = false;
@@ -352,7 +379,7 @@ function parseHost(env: Env): string {
   }
   if (!valid) {
     throw new ConfigError(
-      `GATEWAY_HOST must be a host name or IP address: current value is "${raw}"`,
+      `${name} must be a host name or IP address: current value is "${raw}"`,
     );
   }
   return host;
@@ -435,6 +462,87 @@ function parseWhoMayConnect(env: Env): WhoMayConnect {
   }
 }
 
+/** The stream the gateway used before routes, kept for the GATEWAY_SUBJECT path. */
+const LEGACY_STREAM = "LEVEL_SIGNALS";
+
+function isSet(env: Env, name: string): boolean {
+  return (env[name]?.trim() ?? "") !== "";
+}
+
+/**
+ * GATEWAY_ROUTES, or when unset the one route GATEWAY_SUBJECT/GATEWAY_STREAM always described
+ * (`/ws/stream=levels.signals@LEVEL_SIGNALS` by default), so an existing deployment is unchanged.
+ * Both at once would leave one silently ignored: refused, saying what to write instead.
+ */
+function parseRouteConfig(env: Env): RouteSpec[] {
+  const legacy = ["GATEWAY_SUBJECT", "GATEWAY_STREAM"].filter((name) => isSet(env, name));
+  if (isSet(env, "GATEWAY_ROUTES")) {
+    if (legacy.length > 0) {
+      const subject = env.GATEWAY_SUBJECT?.trim() || "levels.signals";
+      const stream = env.GATEWAY_STREAM?.trim() || LEGACY_STREAM;
+      throw new ConfigError(
+        `GATEWAY_ROUTES cannot be used with ${
+          legacy.join(" or ")
+        }: name the subject and stream in a route instead, e.g. GATEWAY_ROUTES=/ws/stream=${subject}@${stream}, and unset ${
+          legacy.join(" and ")
+        }`,
+      );
+    }
+    return parseRoutes(env.GATEWAY_ROUTES!, "GATEWAY_ROUTES");
+  }
+  const subject = readMatching(
+    env,
+    "GATEWAY_SUBJECT",
+    "levels.signals",
+    SUBJECT_PATTERN,
+    "a NATS subject without wildcards",
+  );
+  const stream = readMatching(
+    env,
+    "GATEWAY_STREAM",
+    LEGACY_STREAM,
+    NAME_PATTERN,
+    "a stream name (letters, digits, _ and -)",
+  );
+  return parseRoutes(`/ws/stream=${subject}@${stream}`, "GATEWAY_SUBJECT");
+}
+
+/** Invalid payloads published to a subject a route relays would come back to it, forever. */
+function parseDeadLetterSubject(env: Env, routes: readonly RouteSpec[]): string {
+  const deadLetterSubject = readMatching(
+    env,
+    "GATEWAY_DEAD_LETTER_SUBJECT",
+    "",
+    SUBJECT_PATTERN,
+    "a NATS subject without wildcards",
+  );
+  const relaying = routes.find((route) => routeReceives(route, deadLetterSubject));
+  if (deadLetterSubject !== "" && relaying !== undefined) {
+    throw new ConfigError(
+      `GATEWAY_DEAD_LETTER_SUBJECT must not be a subject a route relays (route "${relaying.path}" relays "${relaying.subject}"), or invalid payloads would be relayed again: current value is "${env.GATEWAY_DEAD_LETTER_SUBJECT}"`,
+    );
+  }
+  return deadLetterSubject;
+}
+
+type AdminAddress = Pick<Config, "adminHost" | "adminPort">;
+
+/** GATEWAY_ADMIN_PORT/HOST; a host without a port would leave /metrics public unnoticed. */
+function parseAdminAddress(env: Env, host: string, port: number): AdminAddress {
+  const adminPort = readInteger(env, "GATEWAY_ADMIN_PORT", -1, -1, 65535);
+  if (adminPort === -1 && isSet(env, "GATEWAY_ADMIN_HOST")) {
+    throw new ConfigError(
+      `GATEWAY_ADMIN_HOST is set without GATEWAY_ADMIN_PORT: the admin endpoints would stay on the public port. Set GATEWAY_ADMIN_PORT too, or unset GATEWAY_ADMIN_HOST: current value is "${env.GATEWAY_ADMIN_HOST}"`,
+    );
+  }
+  if (adminPort !== -1 && adminPort !== 0 && adminPort === port) {
+    throw new ConfigError(
+      `GATEWAY_ADMIN_PORT must differ from the public port (GATEWAY_PORT/PORT), or the admin endpoints would not be separate: current value is "${env.GATEWAY_ADMIN_PORT}"`,
+    );
+  }
+  return { adminHost: parseHost(env, "GATEWAY_ADMIN_HOST", host), adminPort };
+}
+
 /**
  * Several workers on one durable consumer share its messages (each worker pulls its own share),
  * so each client would see about 1/n of the stream: refuse the pair.
@@ -443,6 +551,11 @@ function refuseSplitStream(config: Config): void {
   if (config.workers > 1 && config.durableName !== "") {
     throw new ConfigError(
       `GATEWAY_WORKERS=${config.workers} cannot be used with GATEWAY_DURABLE="${config.durableName}": every worker would pull from the one durable consumer, so each client would get about 1/${config.workers} of the messages. Unset GATEWAY_DURABLE (each worker then reads the whole stream with its own ordered consumer) or set GATEWAY_WORKERS=1`,
+    );
+  }
+  if (config.routes.length > 1 && config.durableName !== "") {
+    throw new ConfigError(
+      `GATEWAY_DURABLE="${config.durableName}" names one durable consumer, but GATEWAY_ROUTES has ${config.routes.length} routes, each with its own consumer: unset GATEWAY_DURABLE (each route then uses an ordered consumer) or configure one route`,
     );
   }
 }
@@ -463,25 +576,10 @@ export function parseConfig(env: Env, cpus = navigator.hardwareConcurrency): Con
       }"`,
     );
   }
-  const subject = readMatching(
-    env,
-    "GATEWAY_SUBJECT",
-    "levels.signals",
-    SUBJECT_PATTERN,
-    "a NATS subject without wildcards",
-  );
-  const deadLetterSubject = readMatching(
-    env,
-    "GATEWAY_DEAD_LETTER_SUBJECT",
-    "",
-    SUBJECT_PATTERN,
-    "a NATS subject without wildcards",
-  );
-  if (deadLetterSubject === subject) {
-    throw new ConfigError(
-      `GATEWAY_DEAD_LETTER_SUBJECT must differ from GATEWAY_SUBJECT, or invalid payloads would be relayed again: current value is "${env.GATEWAY_DEAD_LETTER_SUBJECT}"`,
-    );
-  }
+  const routes = Object.freeze(parseRouteConfig(env));
+  const deadLetterSubject = parseDeadLetterSubject(env, routes);
+  const host = parseHost(env);
+  const port = readInteger(env, portName, 8000, 0, 65535);
   const nats = parseNatsServers(natsUrl);
   const natsUser = env.NATS_USER?.trim() || nats.user;
   const natsPassword = env.NATS_PASSWORD ?? (env.NATS_USER?.trim() ? "" : nats.password);
@@ -506,16 +604,14 @@ export function parseConfig(env: Env, cpus = navigator.hardwareConcurrency): Con
     streamReplicas: readInteger(env, "GATEWAY_STREAM_REPLICAS", 0, 0, 5),
     strictConfig: readBoolean(env, "GATEWAY_STRICT_CONFIG", false),
     fdLimit: readInteger(env, "GATEWAY_FD_LIMIT", 0, 0),
-    host: parseHost(env),
-    port: readInteger(env, portName, 8000, 0, 65535),
-    subject,
-    stream: readMatching(
-      env,
-      "GATEWAY_STREAM",
-      "LEVEL_SIGNALS",
-      NAME_PATTERN,
-      "a stream name (letters, digits, _ and -)",
-    ),
+    host,
+    port,
+    ...parseAdminAddress(env, host, port),
+    routes,
+    routeMaxValues: readInteger(env, "GATEWAY_ROUTE_MAX_VALUES", 1000, 1, 1_000_000),
+    viewer: readBoolean(env, "GATEWAY_VIEWER", true),
+    subject: routes[0].subject,
+    stream: routes[0].stream ?? LEGACY_STREAM,
     durableName: readMatching(
       env,
       "GATEWAY_DURABLE",

@@ -4,6 +4,7 @@
  * `WorkerStates`; each worker answers from the combined copy it last received (`ProcessView`).
  */
 import type { InstanceReport } from "./gateway.ts";
+import type { RouteHealth } from "./route.ts";
 import { type MetricSnapshot, renderMetrics } from "./metrics.ts";
 import { VERSION } from "./version.ts";
 
@@ -18,6 +19,10 @@ export interface HealthReport {
   readonly messages_relayed: number;
   readonly consumer_lag: number | null;
   readonly uptime_s: number;
+  /** The NATS server this gateway is connected to now (redacted). */
+  readonly nats_server?: string;
+  /** Every route: healthy only when each is (lib/route.ts). */
+  readonly routes?: readonly RouteHealth[];
   /** With GATEWAY_WORKERS > 1: each worker's own view; the fields above combine them. */
   readonly workers?: readonly WorkerHealth[];
 }
@@ -62,6 +67,7 @@ export function combineHealth(reports: readonly HealthReport[]): HealthReport {
     messages_relayed: Math.max(...reports.map((r) => r.messages_relayed)),
     consumer_lag: lags.includes(null) ? null : Math.max(...(lags as number[])),
     uptime_s: Math.max(...reports.map((r) => r.uptime_s)),
+    ...(reports[0].routes ? { routes: combineRoutes(reports) } : {}),
     workers: reports.map((r) => ({
       status: r.status,
       nats_connected: r.nats_connected,
@@ -70,6 +76,24 @@ export function combineHealth(reports: readonly HealthReport[]): HealthReport {
       consumer_lag: r.consumer_lag,
     })),
   };
+}
+
+/** Each route across workers: healthy only when it is on every one; clients add up. */
+function combineRoutes(reports: readonly HealthReport[]): RouteHealth[] {
+  return (reports[0].routes ?? []).map((first) => {
+    const same = reports.flatMap((r) => r.routes?.filter((x) => x.path === first.path) ?? []);
+    const lastTimes = same.map((r) => r.last_message_ts);
+    const lags = same.map((r) => r.lag);
+    return {
+      ...first,
+      status: same.length === reports.length && same.every((r) => r.status === "healthy")
+        ? "healthy"
+        : "unhealthy",
+      connections: same.reduce((sum, r) => sum + r.connections, 0),
+      last_message_ts: lastTimes.includes(null) ? null : Math.min(...(lastTimes as number[])),
+      lag: lags.includes(null) ? null : Math.max(...(lags as number[])),
+    };
+  });
 }
 
 /** A worker with no report to show (not started, crashed): unhealthy, nothing relayed. */
@@ -81,6 +105,17 @@ function missingWorker(template: HealthReport): HealthReport {
     connections: 0,
     last_message_ts: null,
     consumer_lag: null,
+    ...(template.routes
+      ? {
+        routes: template.routes.map((r) => ({
+          ...r,
+          status: "unhealthy" as const,
+          connections: 0,
+          last_message_ts: null,
+          lag: null,
+        })),
+      }
+      : {}),
   };
 }
 

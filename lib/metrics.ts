@@ -1,4 +1,4 @@
-/** Counters and gauges with Prometheus text exposition (format 0.0.4). */
+/** Counters, gauges and histograms with Prometheus text exposition (format 0.0.4). */
 import {
   cpuSeconds,
   isolateStartTimeSeconds,
@@ -7,7 +7,7 @@ import {
 } from "./process_metrics.ts";
 import { VERSION } from "./version.ts";
 
-type Labels = Record<string, string>;
+export type Labels = Record<string, string>;
 
 function labelKey(labels: Labels | undefined): string {
   if (!labels) return "";
@@ -34,9 +34,9 @@ export type Aggregation = "sum" | "min" | "max";
 export interface MetricSnapshot {
   readonly name: string;
   readonly help: string;
-  readonly type: "counter" | "gauge";
+  readonly type: "counter" | "gauge" | "histogram";
   readonly aggregation: Aggregation;
-  /** [rendered label set, value] pairs. */
+  /** [rendered label set, value] pairs (a histogram's keys start with _bucket, _sum, _count). */
   readonly values: readonly (readonly [string, number])[];
 }
 
@@ -45,19 +45,34 @@ abstract class Metric {
   constructor(
     readonly name: string,
     readonly help: string,
-    readonly type: "counter" | "gauge",
+    readonly type: "counter" | "gauge" | "histogram",
     readonly aggregation: Aggregation,
     /** Reads the unlabelled value from elsewhere (e.g. the OS) instead of keeping it here. */
     private readonly collect?: () => number,
   ) {}
 
+  /**
+   * The sum over every series whose labels include `labels` (all series when none are given):
+   * `get({ reason: "x" })` counts reason x on every route.
+   */
   get(labels?: Labels): number {
     if (this.collect && !labels) return this.collect();
-    return this.values.get(labelKey(labels)) ?? 0;
+    const exact = this.values.get(labelKey(labels));
+    if (exact !== undefined) return exact;
+    const parts = labelKey(labels).slice(1, -1).split(",").filter((p) => p !== "");
+    let sum = 0;
+    for (const [key, value] of this.values) {
+      const have = key.slice(1, -1).split(",");
+      if (parts.every((p) => have.includes(p))) sum += value;
+    }
+    return sum;
   }
 
   snapshot(): MetricSnapshot {
-    if (this.collect) this.values.set("", this.collect());
+    // A collected total stands alone; beside labelled series it would be counted twice.
+    if (this.collect && (this.values.size === 0 || this.values.has(""))) {
+      this.values.set("", this.collect());
+    }
     const { name, help, type, aggregation } = this;
     return { name, help, type, aggregation, values: [...this.values] };
   }
@@ -94,12 +109,70 @@ export class Gauge extends Metric {
     help: string,
     aggregation: Aggregation,
     collect?: () => number,
+    initialLabels: Labels[] = [{}],
   ) {
     super(name, help, "gauge", aggregation, collect);
-    this.values.set("", 0);
+    for (const labels of initialLabels) this.values.set(labelKey(labels), 0);
   }
   set(value: number, labels?: Labels): void {
     this.values.set(labelKey(labels), value);
+  }
+}
+
+/** Seconds-scale buckets: a relay delay is milliseconds when all is well, seconds when not. */
+const DELAY_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+
+/** A Prometheus histogram: cumulative `_bucket{le}` counts, `_sum` and `_count` per label set. */
+export class Histogram extends Metric {
+  constructor(
+    name: string,
+    help: string,
+    initialLabels: Labels[],
+    aggregation: Aggregation,
+    readonly buckets: readonly number[] = DELAY_BUCKETS,
+  ) {
+    super(name, help, "histogram", aggregation);
+    for (const labels of initialLabels) this.#series(labels);
+  }
+
+  observe(value: number, labels: Labels = {}): void {
+    const keys = this.#series(labels);
+    for (let i = 0; i < this.buckets.length; i++) {
+      if (value <= this.buckets[i]) this.#add(keys.buckets[i], 1);
+    }
+    this.#add(keys.inf, 1);
+    this.#add(keys.sum, value);
+    this.#add(keys.count, 1);
+  }
+
+  /** Observations so far with these labels. */
+  count(labels: Labels = {}): number {
+    return this.values.get(`_count${labelKey(labels)}`) ?? 0;
+  }
+
+  readonly #keys = new Map<
+    string,
+    { buckets: string[]; inf: string; sum: string; count: string }
+  >();
+  #series(labels: Labels) {
+    const id = labelKey(labels);
+    let keys = this.#keys.get(id);
+    if (keys === undefined) {
+      const withLe = (le: string) => `_bucket${labelKey({ ...labels, le })}`;
+      keys = {
+        buckets: this.buckets.map((b) => withLe(String(b))),
+        inf: withLe("+Inf"),
+        sum: `_sum${id}`,
+        count: `_count${id}`,
+      };
+      for (const key of [...keys.buckets, keys.inf, keys.sum, keys.count]) this.values.set(key, 0);
+      this.#keys.set(id, keys);
+    }
+    return keys;
+  }
+
+  #add(key: string, by: number): void {
+    this.values.set(key, (this.values.get(key) ?? 0) + by);
   }
 }
 
@@ -159,7 +232,24 @@ const INVALID_REASONS = ["empty", "too_large", "invalid_utf8", "invalid_json", "
  * consumes the whole subject, so they count messages, not copies.
  */
 export class GatewayMetrics {
+  /** Clients of every route: the process's total. */
   readonly connections: Gauge;
+  // Per route (label `route`: the configured path, never a client's value, so bounded).
+  readonly routeConnections: Gauge;
+  readonly messagesReceived: Counter;
+  readonly messagesRelayed: Counter;
+  readonly messagesSkipped: Counter;
+  readonly invalidPayloads: Counter;
+  readonly deadLetters: Counter;
+  readonly deliveries: Counter;
+  readonly bytesSent: Counter;
+  readonly conflations: Counter;
+  readonly slowDisconnects: Counter;
+  readonly consumerRestarts: Counter;
+  readonly lastMessageTimestamp: Gauge;
+  readonly consumerPending: Gauge;
+  readonly relayDelay: Histogram;
+  readonly routeValues: Gauge;
   readonly connectionsOpened = new Counter(
     "gateway_ws_connections_opened_total",
     "WebSocket clients accepted.",
@@ -193,53 +283,9 @@ export class GatewayMetrics {
     "WebSocket clients gone, by reason.",
     CLOSE_REASONS.map((reason) => ({ reason })),
   );
-  readonly messagesReceived = new Counter(
-    "gateway_nats_messages_received_total",
-    "Messages received from the JetStream consumer.",
-    [{}],
-    "max",
-  );
-  readonly messagesRelayed = new Counter(
-    "gateway_messages_relayed_total",
-    "Valid messages accepted for fan-out (one per NATS message, not per client).",
-    [{}],
-    "max",
-  );
-  readonly messagesSkipped = new Counter(
-    "gateway_nats_messages_skipped_total",
-    "Messages not relayed although valid: superseded while catching up, or duplicates.",
-    [{ reason: "superseded" }, { reason: "duplicate" }],
-    "max",
-  );
-  readonly invalidPayloads = new Counter(
-    "gateway_invalid_payloads_total",
-    "NATS payloads skipped as invalid, by reason.",
-    INVALID_REASONS.map((reason) => ({ reason })),
-    "max",
-  );
-  readonly deadLetters = new Counter(
-    "gateway_dead_letters_total",
-    "Invalid payloads published to GATEWAY_DEAD_LETTER_SUBJECT.",
-  );
-  readonly deliveries = new Counter(
-    "gateway_ws_messages_sent_total",
-    "Frames handed to WebSocket clients (one per client per message).",
-  );
-  readonly bytesSent = new Counter(
-    "gateway_ws_sent_bytes_total",
-    "Payload bytes handed to WebSocket clients.",
-  );
   readonly sendErrors = new Counter(
     "gateway_ws_send_errors_total",
     "Sends that threw; the client is removed.",
-  );
-  readonly conflations = new Counter(
-    "gateway_slow_client_conflations_total",
-    "Snapshots not sent to a client because it was behind (a newer one replaces them).",
-  );
-  readonly slowDisconnects = new Counter(
-    "gateway_slow_client_disconnects_total",
-    "Clients closed with 4008 for staying behind too long.",
   );
   readonly clientFramesIgnored = new Counter(
     "gateway_ws_client_frames_total",
@@ -254,22 +300,6 @@ export class GatewayMetrics {
     "gateway_nats_reconnects_total",
     "Reconnections to NATS after a disconnect.",
     [{}],
-    "max",
-  );
-  readonly consumerRestarts = new Counter(
-    "gateway_nats_consumer_restarts_total",
-    "Times the JetStream consumer was recreated (deleted consumer, recreated stream, errors).",
-    [{}],
-    "max",
-  );
-  readonly lastMessageTimestamp = new Gauge(
-    "gateway_last_message_timestamp_seconds",
-    "Unix time of the last relayed message (0 before the first; the stalest worker's).",
-    "min",
-  );
-  readonly consumerPending = new Gauge(
-    "gateway_nats_consumer_pending_messages",
-    "Messages in the stream not yet delivered to this gateway's consumer (lag; the largest of the workers').",
     "max",
   );
   readonly startTime = new Gauge(
@@ -305,12 +335,113 @@ export class GatewayMetrics {
   /** Only where /proc/self/fd is readable: Deno allows that under --allow-all alone. */
   readonly processOpenFds: Gauge | undefined;
 
-  constructor(connectionCount: () => number, openFds = new OpenFdCounter()) {
+  /**
+   * `connectionCount`: clients of every route (the unlabelled total); `routes`: the configured
+   * paths, so every per-route series exists from the start.
+   */
+  constructor(
+    connectionCount: () => number,
+    openFds = new OpenFdCounter(),
+    routes: readonly string[] = ["/ws/stream"],
+  ) {
+    const perRoute = routes.map((route) => ({ route }));
+    const perRouteAnd = (key: string, values: readonly string[]) =>
+      routes.flatMap((route) => values.map((value) => ({ route, [key]: value })));
     this.connections = new Gauge(
       "gateway_ws_connections",
-      "WebSocket clients connected now.",
+      "WebSocket clients connected now (every route).",
       "sum",
       connectionCount,
+    );
+    this.routeConnections = new Gauge(
+      "gateway_route_connections",
+      "WebSocket clients connected now, by route.",
+      "sum",
+      undefined,
+      perRoute,
+    );
+    // NATS-side counts: every worker consumes every route, so "max" counts messages, not copies.
+    this.messagesReceived = new Counter(
+      "gateway_nats_messages_received_total",
+      "Messages received from the route's JetStream consumer.",
+      perRoute,
+      "max",
+    );
+    this.messagesRelayed = new Counter(
+      "gateway_messages_relayed_total",
+      "Valid messages accepted for fan-out (one per NATS message, not per client).",
+      perRoute,
+      "max",
+    );
+    this.messagesSkipped = new Counter(
+      "gateway_nats_messages_skipped_total",
+      "Messages not relayed although valid: older than what clients hold, duplicates, or (templated routes) a value not held.",
+      perRouteAnd("reason", ["superseded", "duplicate", "not_held"]),
+      "max",
+    );
+    this.invalidPayloads = new Counter(
+      "gateway_invalid_payloads_total",
+      "NATS payloads skipped as invalid, by reason.",
+      perRouteAnd("reason", INVALID_REASONS),
+      "max",
+    );
+    this.deadLetters = new Counter(
+      "gateway_dead_letters_total",
+      "Invalid payloads published to GATEWAY_DEAD_LETTER_SUBJECT.",
+      perRoute,
+    );
+    this.deliveries = new Counter(
+      "gateway_ws_messages_sent_total",
+      "Frames handed to WebSocket clients (one per client per message).",
+      perRoute,
+    );
+    this.bytesSent = new Counter(
+      "gateway_ws_sent_bytes_total",
+      "Payload bytes handed to WebSocket clients.",
+      perRoute,
+    );
+    this.conflations = new Counter(
+      "gateway_slow_client_conflations_total",
+      "Snapshots not sent to a client because it was behind (a newer one replaces them).",
+      perRoute,
+    );
+    this.slowDisconnects = new Counter(
+      "gateway_slow_client_disconnects_total",
+      "Clients closed with 4008 for staying behind too long.",
+      perRoute,
+    );
+    this.consumerRestarts = new Counter(
+      "gateway_nats_consumer_restarts_total",
+      "Times the route's JetStream consumer was recreated (deleted consumer, recreated stream, errors).",
+      perRoute,
+      "max",
+    );
+    this.lastMessageTimestamp = new Gauge(
+      "gateway_last_message_timestamp_seconds",
+      "Unix time of the route's last relayed message (0 before the first; the stalest worker's).",
+      "min",
+      undefined,
+      perRoute,
+    );
+    this.consumerPending = new Gauge(
+      "gateway_nats_consumer_pending_messages",
+      "Messages in the stream not yet delivered to the route's consumer (lag; the largest of the workers').",
+      "max",
+      undefined,
+      perRoute,
+    );
+    this.relayDelay = new Histogram(
+      "gateway_relay_delay_seconds",
+      "From a message's stream timestamp to its fan-out: how old what clients receive is.",
+      perRoute,
+      "max",
+    );
+    this.routeValues = new Gauge(
+      "gateway_route_values",
+      "Template values a route holds a cache for (1 for a fixed route).",
+      "max",
+      undefined,
+      perRoute,
     );
     this.processOpenFds = openFds.count() === null ? undefined : new Gauge(
       "process_open_fds",
@@ -320,7 +451,15 @@ export class GatewayMetrics {
     );
   }
 
+  readonly #beforeSnapshot: (() => void)[] = [];
+
+  /** Runs `update` before every snapshot (e.g. to set per-route connection counts). */
+  onSnapshot(update: () => void): void {
+    this.#beforeSnapshot.push(update);
+  }
+
   snapshot(): MetricSnapshot[] {
+    for (const update of this.#beforeSnapshot) update();
     return Object.values(this).filter((m): m is Metric => m instanceof Metric).map((m) =>
       m.snapshot()
     );

@@ -79,15 +79,26 @@ export interface LaunchOptions {
   readonly healthCheck?: boolean;
 }
 
+/** The address a probe asks for a listener on `host`: loopback when it listens everywhere. */
+function loopbackFor(host: string): string {
+  return ["0.0.0.0", "::", "[::]"].includes(host) ? "127.0.0.1" : host;
+}
+
 /** What `deno task start` grants: exactly what this configuration names, ports included. */
 export function launchScope(config: Config, options: LaunchOptions): PermissionScope {
   // Port 0 asks for any free port, and with GATEWAY_WORKERS the port picked first is bound
   // again by each worker: the host is all that can be granted ahead.
   const listen = listenAddress(config.host, config.port);
+  const admin = config.adminPort >= 0 ? listenAddress(config.adminHost, config.adminPort) : "";
+  // /health lives on the admin port when there is one; /livez on both.
+  const probed = config.adminPort > 0
+    ? listenAddress(loopbackFor(config.adminHost), config.adminPort)
+    : listenAddress("127.0.0.1", config.port);
   const net = [
     ...config.natsServers.map(natsAddress),
     config.port === 0 ? withoutPort(listen) : listen,
-    ...(options.healthCheck ? [listenAddress("127.0.0.1", config.port)] : []),
+    ...(admin === "" ? [] : [config.adminPort === 0 ? withoutPort(admin) : admin]),
+    ...(options.healthCheck ? [listenAddress(loopbackFor(config.host), config.port), probed] : []),
   ];
   const read = [options.envFile, options.libDir];
   for (const { name, path } of configuredFiles(config)) {
@@ -157,9 +168,13 @@ export async function checkPermissions(config: Config, options: CheckOptions = {
     if (!(await granted({ name: "net", host }))) refusedHosts.push(host);
   }
   if (refusedHosts.length > 0) throw new PermissionScopeError(advice.nats(refusedHosts));
-  const listen = listenAddress(config.host, config.port);
-  if (!(await granted({ name: "net", host: listen }))) {
-    throw new PermissionScopeError(advice.listen(listen, config.host));
+  const listens = [[config.host, config.port] as const];
+  if (config.adminPort >= 0) listens.push([config.adminHost, config.adminPort] as const);
+  for (const [host, port] of listens) {
+    const listen = listenAddress(host, port);
+    if (!(await granted({ name: "net", host: listen }))) {
+      throw new PermissionScopeError(advice.listen(listen, host));
+    }
   }
   for (const { name, path } of configuredFiles(config)) {
     if (!(await granted({ name: "read", path }))) {

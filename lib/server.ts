@@ -1,6 +1,8 @@
 /**
- * HTTP routes: `/health`, `/livez`, `/readyz`, `/metrics` and the `/ws/stream` upgrade.
- * `createHandler` returns a plain `(Request) => Response`, so tests call it in-process.
+ * HTTP routing: the configured routes' upgrades (lib/routes.ts), `/health`, `/livez`,
+ * `/readyz`, `/metrics` and `/client.js`. With an admin port, the public listener serves the
+ * routes, `/livez` and `/client.js`, the admin one the rest. `createHandler` returns a plain
+ * `(Request) => Response`, so tests call it in-process.
  */
 import { CLIENT_JS } from "./client_bundle.ts";
 import { Authenticator, type AuthOutcome, OriginPolicy, selectProtocol } from "./auth.ts";
@@ -9,6 +11,7 @@ import type { Logger } from "./log.ts";
 import { rateLimited } from "./log.ts";
 import type { GatewayMetrics } from "./metrics.ts";
 import type { HealthReport } from "./health.ts";
+import { parseRoutes, type RouteMatch, RouteTable } from "./routes.ts";
 import { refuseSession, Sessions, startSession, type UpgradedSocket } from "./session.ts";
 
 // Moved to lib/health.ts; re-exported so importers of server.ts keep working.
@@ -21,8 +24,25 @@ export type Upgrade = (
   options: { idleTimeout: number; protocol?: string },
 ) => { socket: UpgradedSocket; response: Response };
 
+/** A request path that names a route (and, for a templated one, a valid value). */
+export type RouteHit = Extract<RouteMatch, { kind: "route" }>;
+
 export interface HandlerDeps {
-  readonly broadcaster: Broadcaster;
+  /** The configured routes; default: `/ws/stream` alone, served by `broadcaster`. */
+  readonly table?: RouteTable;
+  /**
+   * The client set a route's request joins (seeded from the stream at a value's first use);
+   * undefined when a templated route holds its bound of values, all with clients.
+   */
+  readonly broadcasterFor?: (
+    hit: RouteHit,
+  ) => Broadcaster | undefined | Promise<Broadcaster | undefined>;
+  /** The one route's client set when `table` is not given (tests). */
+  readonly broadcaster?: Broadcaster;
+  /** The live viewer page served at `/` (lib/viewer_page.ts); undefined: `/` is 404. */
+  readonly viewerPage?: string;
+  /** Which endpoints this listener serves: all (default), the public ones, or the admin ones. */
+  readonly serve?: "all" | "public" | "admin";
   readonly metrics: GatewayMetrics;
   readonly logger: Logger;
   /** Async when it gathers the reports of several workers. */
@@ -82,6 +102,9 @@ export function createHandler(deps: HandlerDeps): Handler {
   const sessions = deps.sessions ?? new Sessions({ metrics: deps.metrics });
   const auth = deps.auth ?? new Authenticator({ tokens: deps.authTokens ?? [] });
   const origins = new OriginPolicy(deps.allowedOrigins);
+  const table = deps.table ?? new RouteTable(parseRoutes("/ws/stream=levels.signals"));
+  const broadcasterFor = deps.broadcasterFor ?? (() => deps.broadcaster);
+  const serve = deps.serve ?? "all";
 
   function readOnly(
     request: Request,
@@ -109,7 +132,8 @@ export function createHandler(deps: HandlerDeps): Handler {
   }
 
   /** Everything decided before the upgrade: method, Origin, limit, upgrade headers, token. */
-  function stream(request: Request, path: string): Response | Promise<Response> {
+  function stream(request: Request, hit: RouteHit): Response | Promise<Response> {
+    const path = new URL(request.url).pathname;
     if (request.method !== "GET") {
       return text("method not allowed\n", 405, { allow: "GET" });
     }
@@ -127,7 +151,19 @@ export function createHandler(deps: HandlerDeps): Handler {
       return badUpgrade(new TypeError("the upgrade header must contain 'websocket'"));
     }
     // Read before the upgrade: Deno closes the request's headers once it has upgraded.
-    return then(auth.authenticate(request, path), (outcome) => admit(request, outcome));
+    // Synchronous where nothing waits (static tokens, a fixed route): no turn of the event loop
+    // between the request and the upgrade.
+    return then(auth.authenticate(request, path), (outcome) => {
+      if (!outcome.admitted) return admit(request, outcome, undefined);
+      // Seeded before the upgrade, so the first frame a client gets is the newest snapshot.
+      return then(broadcasterFor(hit), (broadcaster) => {
+        if (broadcaster !== undefined) return admit(request, outcome, broadcaster);
+        deps.metrics.connectionsRejected.inc({ reason: "limit" });
+        return text("this route holds as many values as it may; retry later\n", 503, {
+          "retry-after": "5",
+        });
+      });
+    });
   }
 
   function badUpgrade(error: unknown): Response {
@@ -136,7 +172,11 @@ export function createHandler(deps: HandlerDeps): Handler {
     return text("expected a WebSocket upgrade request\n", 400);
   }
 
-  function admit(request: Request, outcome: AuthOutcome): Response {
+  function admit(
+    request: Request,
+    outcome: AuthOutcome,
+    broadcaster: Broadcaster | undefined,
+  ): Response {
     if (!outcome.admitted) {
       logRefused("websocket client refused", { reason: outcome.reason, ...outcome.detail });
       if (deps.authReject === "http") {
@@ -165,7 +205,7 @@ export function createHandler(deps: HandlerDeps): Handler {
       return upgraded.response;
     }
     startSession(upgraded.socket, {
-      broadcaster: deps.broadcaster,
+      broadcaster: broadcaster!,
       metrics: deps.metrics,
       sessions,
       clientMaxFrameBytes: deps.clientMaxFrameBytes,
@@ -177,9 +217,16 @@ export function createHandler(deps: HandlerDeps): Handler {
   }
 
   function route(request: Request, path: string): Response | Promise<Response> {
+    if (serve !== "admin") {
+      const hit = table.match(path);
+      if (hit.kind === "route") return stream(request, hit);
+      if (hit.kind === "invalid") {
+        deps.metrics.connectionsRejected.inc({ reason: "bad_request" });
+        return text(`not a valid value for ${hit.route.path}: ${hit.reason}\n`, 400);
+      }
+    }
+    if (!ENDPOINTS[path]?.includes(serve)) return text("not found\n", 404);
     switch (path) {
-      case "/ws/stream":
-        return stream(request, path);
       case "/health":
         return readOnly(
           request,
@@ -188,6 +235,12 @@ export function createHandler(deps: HandlerDeps): Handler {
         );
       case "/livez":
         return readOnly(request, () => json({ status: "alive" }));
+      case "/":
+        if (deps.viewerPage === undefined) return text("not found\n", 404);
+        return readOnly(request, () =>
+          new Response(deps.viewerPage, {
+            headers: { "content-type": "text/html; charset=utf-8", "cache-control": "no-cache" },
+          }));
       case "/client.js":
         // The browser client (client/gateway_client.ts), embedded: no file read at run time.
         return readOnly(request, () =>
@@ -230,7 +283,17 @@ export function createHandler(deps: HandlerDeps): Handler {
   };
 }
 
+/** Which listener serves each fixed endpoint (an admin port splits them; "all" serves every one). */
+const ENDPOINTS: Record<string, readonly ("all" | "public" | "admin")[]> = {
+  "/health": ["all", "admin"],
+  "/readyz": ["all", "admin"],
+  "/metrics": ["all", "admin"],
+  "/livez": ["all", "public", "admin"],
+  "/client.js": ["all", "public"],
+  "/": ["all", "public"],
+};
+
 /** Applies `f` at once to a plain value, or later to a promise's (single-isolate paths stay sync). */
-function then<T, U>(value: T | Promise<T>, f: (value: T) => U): U | Promise<U> {
+function then<T, U>(value: T | Promise<T>, f: (value: T) => U | Promise<U>): U | Promise<U> {
   return value instanceof Promise ? value.then(f) : f(value);
 }

@@ -60,7 +60,11 @@ export function runWorker(scope: WorkerScope): void {
         );
         // State first, so the supervisor knows every worker's by the time all are ready.
         publisher?.publish();
-        scope.postMessage({ type: "ready", addr: gateway.addr });
+        scope.postMessage({
+          type: "ready",
+          addr: gateway.addr,
+          ...(gateway.adminAddr ? { adminAddr: gateway.adminAddr } : {}),
+        });
         break;
       }
       case "state":

@@ -58,6 +58,8 @@ export function retrySchedule(failures: number): { timeoutMs: number; retryDelay
 /** A message as the relay sees it. */
 export interface BusMessage {
   readonly data: Uint8Array;
+  /** The message's own subject (one of a templated route's wildcard filter). */
+  readonly subject: string;
   readonly streamSequence: number;
   /**
    * Stream sequence of the newest message of the subject when the consumer was last
@@ -90,6 +92,11 @@ export interface ConsumerOptions {
    * its cache from it): the first consumer starts there instead of asking the stream again.
    */
   readonly knownNewest?: number;
+  /**
+   * Start each (re)created consumer at the newest message of every subject the filter matches
+   * (a templated route's wildcard) instead of the newest message overall; `newestAtStart` is 0.
+   */
+  readonly lastPerSubject?: boolean;
   /**
    * Whether a missing durable consumer may be created (GATEWAY_CREATE_STREAMS); default true.
    * With false, one deleted while running is waited for (retried, logged), never recreated.
@@ -213,7 +220,9 @@ export class SnapshotConsumer implements AsyncIterable<BusMessage> {
       if (this.#restarts > 0) await options.beforeRestart?.(jsm);
       // Both are answered by the stream leader: asked together, one election is waited once.
       const [newestAtStart, { created }] = await Promise.all([
-        this.#restarts === 0 && options.knownNewest !== undefined
+        options.lastPerSubject
+          ? 0
+          : this.#restarts === 0 && options.knownNewest !== undefined
           ? options.knownNewest
           : newestSequence(jsm, options),
         ask(`stream info ${options.stream}`, () => jsm.streams.info(options.stream)),
@@ -263,6 +272,7 @@ export class SnapshotConsumer implements AsyncIterable<BusMessage> {
     for await (const m of messages) {
       yield {
         data: m.data,
+        subject: m.subject,
         streamSequence: m.seq,
         newestAtStart,
         streamCreated,
@@ -406,7 +416,9 @@ async function openConsumer(
           js.consumers.get(stream, {
             // A single string: nats-server 2.9 rejects the array form.
             filter_subjects: subject,
-            ...(newestAtStart > 0
+            ...(options.lastPerSubject
+              ? { deliver_policy: DeliverPolicy.LastPerSubject }
+              : newestAtStart > 0
               ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: newestAtStart }
               : { deliver_policy: DeliverPolicy.All }),
           })

@@ -46,10 +46,12 @@ export const PLATFORM_STREAMS: readonly Pick<
 type PlatformStream = (typeof PLATFORM_STREAMS)[number];
 
 /** What stream setup reads from the configuration. */
-export type StreamSettings = Pick<
-  Config,
-  "createStreams" | "streamReplicas" | "stream" | "subject"
->;
+export type StreamSettings =
+  & Pick<Config, "createStreams" | "streamReplicas" | "stream" | "subject">
+  & {
+    /** The route's path, for messages that say which GATEWAY_ROUTES entry to change. */
+    readonly route?: string;
+  };
 
 /** A JetStream request that failed; the message names the request, the cause is the client's error. */
 export class NatsRequestError extends Error {
@@ -292,12 +294,16 @@ async function checkRelayedStream(jsm: JetStreamManager, config: StreamSettings)
     const isPlatform = PLATFORM_STREAMS.some((s) => s.name === stream);
     throw new StreamSetupError(
       config.createStreams
-        ? `Stream ${stream} (GATEWAY_STREAM) does not exist and is not one of the platform streams the gateway creates (${
+        ? `Stream ${stream}${
+          config.route ? ` (route ${config.route})` : " (GATEWAY_STREAM)"
+        } does not exist and is not one of the platform streams the gateway creates (${
           PLATFORM_STREAMS.map((s) => s.name).join(", ")
-        }): create ${stream} capturing ${subject}, or set GATEWAY_STREAM to the stream that holds ${subject}`
-        : `Stream ${stream} does not exist and GATEWAY_CREATE_STREAMS=false forbids creating it: create ${stream} capturing ${subject} with a NATS user allowed to${
+        }): create ${stream} capturing ${subject}, or ${streamHint(config)}`
+        : `Stream ${stream}${
+          config.route ? ` (route ${config.route})` : ""
+        } does not exist and GATEWAY_CREATE_STREAMS=false forbids creating it: create ${stream} capturing ${subject} with a NATS user allowed to${
           isPlatform ? ", or set GATEWAY_CREATE_STREAMS=true" : ""
-        }, or set GATEWAY_STREAM to the stream that holds ${subject}`,
+        }, or ${streamHint(config)}`,
     );
   }
   // A mirror or a stream of sources has no subjects of its own; it holds what it copies.
@@ -305,10 +311,43 @@ async function checkRelayedStream(jsm: JetStreamManager, config: StreamSettings)
   if (subjects.length === 0 && (found.mirror || (found.sources?.length ?? 0) > 0)) return;
   if (!subjects.some((pattern) => subjectMatches(pattern, subject))) {
     throw new StreamSetupError(
-      `Stream ${stream} does not capture ${subject} (its subjects: ${
-        subjects.join(", ") || "none"
-      }): set GATEWAY_SUBJECT to a subject it captures, or GATEWAY_STREAM to the stream that holds ${subject}`,
+      `Stream ${stream}${
+        config.route ? ` (route ${config.route})` : ""
+      } does not capture ${subject} (its subjects: ${subjects.join(", ") || "none"}): ${
+        config.route
+          ? `name the stream that holds it in GATEWAY_ROUTES (${config.route}=${subject}@STREAM)`
+          : `set GATEWAY_SUBJECT to a subject it captures, or GATEWAY_STREAM to the stream that holds ${subject}`
+      }`,
     );
+  }
+}
+
+function streamHint(config: StreamSettings): string {
+  return config.route
+    ? `name the stream that holds ${config.subject} in GATEWAY_ROUTES (${config.route}=${config.subject}@STREAM)`
+    : `set GATEWAY_STREAM to the stream that holds ${config.subject}`;
+}
+
+/** The platform stream (created with GATEWAY_CREATE_STREAMS) that would capture `subject`. */
+export function platformStreamFor(subject: string): string | undefined {
+  return PLATFORM_STREAMS.find((s) => s.subjects!.some((p) => subjectMatches(p, subject)))?.name;
+}
+
+/**
+ * The stream that captures `subject` (a route's subject or wildcard filter), found by the
+ * server (JetStream's stream lookup by subject); undefined when none does.
+ */
+export async function findStream(
+  jsm: JetStreamManager,
+  subject: string,
+): Promise<string | undefined> {
+  try {
+    return await ask(`stream names for subject ${subject}`, () => jsm.streams.find(subject));
+  } catch (err) {
+    const cause = err instanceof Error ? err.cause : undefined;
+    if (cause instanceof Error && cause.name === "StreamNotFoundError") return undefined;
+    if (isNotFound(err)) return undefined;
+    throw err;
   }
 }
 

@@ -245,7 +245,7 @@ Deno.test("GATEWAY_CREATE_STREAMS=false: a missing stream fails startup and noth
   await assert.rejects(
     startGateway(testConfig(nats.url, { GATEWAY_CREATE_STREAMS: "false" }), { logger }),
     (err: Error) => {
-      assert.match(err.message, /^Stream LEVEL_SIGNALS does not exist/);
+      assert.match(err.message, /^Stream LEVEL_SIGNALS \(route \/ws\/stream\) does not exist/);
       assert.match(err.message, /GATEWAY_CREATE_STREAMS=false forbids creating it/);
       assert.match(err.message, /capturing levels\.signals/);
       assert.match(err.message, /GATEWAY_CREATE_STREAMS=true/);
@@ -272,7 +272,7 @@ Deno.test("GATEWAY_CREATE_STREAMS=false: a stream that does not capture the subj
         testConfig(nats.url, { GATEWAY_CREATE_STREAMS: "false", GATEWAY_SUBJECT: "other.signals" }),
         { logger: recordingLogger() },
       ),
-      /Stream LEVEL_SIGNALS does not capture other\.signals \(its subjects: levels\.\*\): set GATEWAY_SUBJECT/,
+      /Stream LEVEL_SIGNALS \(route \/ws\/stream\) does not capture other\.signals \(its subjects: levels\.\*\): name the stream that holds it in GATEWAY_ROUTES/,
     );
     await assert.rejects(
       startGateway(

@@ -83,7 +83,7 @@ Deno.test("parseConfig names the variable and its value in every error", () => {
     [{ GATEWAY_CLIENT_BUFFER_BYTES: "0" }, "GATEWAY_CLIENT_BUFFER_BYTES must be between 1"],
     [
       { GATEWAY_DEAD_LETTER_SUBJECT: "levels.signals" },
-      'GATEWAY_DEAD_LETTER_SUBJECT must differ from GATEWAY_SUBJECT, or invalid payloads would be relayed again: current value is "levels.signals"',
+      'GATEWAY_DEAD_LETTER_SUBJECT must not be a subject a route relays (route "/ws/stream" relays "levels.signals"), or invalid payloads would be relayed again: current value is "levels.signals"',
     ],
     [
       { GATEWAY_DEAD_LETTER_SUBJECT: "dead.>" },
@@ -319,4 +319,100 @@ Deno.test("refuseUnknown: warnings by default, errors under strict, and a misspe
     refuseUnknown([jwt], { strict: false, authConfigured: false })!,
     /^GATEWAY_JWT_SECRT is set but no authentication is \(did you mean GATEWAY_JWT_SECRET\?\)/,
   );
+});
+
+Deno.test("parseConfig: GATEWAY_SUBJECT/GATEWAY_STREAM still make the one default route", () => {
+  const config = parseConfig({});
+  assert.deepEqual(config.routes, [{
+    path: "/ws/stream",
+    subject: "levels.signals",
+    stream: "LEVEL_SIGNALS",
+    param: null,
+    filterSubject: "levels.signals",
+  }]);
+  assert.ok(Object.isFrozen(config.routes));
+  assert.equal(config.routeMaxValues, 1000);
+  const legacy = parseConfig({ GATEWAY_SUBJECT: "a.b", GATEWAY_STREAM: "S" });
+  assert.deepEqual(legacy.routes.map((r) => [r.path, r.subject, r.stream]), [
+    ["/ws/stream", "a.b", "S"],
+  ]);
+  assert.equal(legacy.subject, "a.b");
+  assert.equal(legacy.stream, "S");
+  assert.throws(() => parseConfig({ GATEWAY_SUBJECT: "a..b" }), {
+    name: "ConfigError",
+    message: /^GATEWAY_SUBJECT entry 1 "\/ws\/stream=a\.\.b@LEVEL_SIGNALS": .*empty token/,
+  });
+});
+
+Deno.test("parseConfig reads GATEWAY_ROUTES; subject and stream are the first route's", () => {
+  const config = parseConfig({
+    GATEWAY_ROUTES: "/ws/flow=market.flow,/ws/levels/{symbol}=levels.{symbol}.signals@LEVELS",
+    GATEWAY_ROUTE_MAX_VALUES: "5",
+  });
+  assert.deepEqual(config.routes.map((r) => [r.path, r.stream, r.filterSubject]), [
+    ["/ws/flow", null, "market.flow"],
+    ["/ws/levels/{symbol}", "LEVELS", "levels.*.signals"],
+  ]);
+  assert.equal(config.subject, "market.flow");
+  assert.equal(config.stream, "LEVEL_SIGNALS", "a route without @STREAM: the old default");
+  assert.equal(config.routeMaxValues, 5);
+  assert.throws(() => parseConfig({ GATEWAY_ROUTES: "/ws/a=a,/ws/a=b" }), {
+    name: "ConfigError",
+    message: /^GATEWAY_ROUTES entry 2 "\/ws\/a=b": the path duplicates/,
+  });
+});
+
+Deno.test("parseConfig refuses GATEWAY_ROUTES beside GATEWAY_SUBJECT/STREAM, saying what to write", () => {
+  assert.throws(
+    () => parseConfig({ GATEWAY_ROUTES: "/ws/a=a", GATEWAY_SUBJECT: "x.y", GATEWAY_STREAM: "S" }),
+    {
+      name: "ConfigError",
+      message:
+        /^GATEWAY_ROUTES cannot be used with GATEWAY_SUBJECT or GATEWAY_STREAM: .* GATEWAY_ROUTES=\/ws\/stream=x\.y@S, and unset GATEWAY_SUBJECT and GATEWAY_STREAM$/,
+    },
+  );
+  assert.throws(() => parseConfig({ GATEWAY_ROUTES: "/ws/a=a", GATEWAY_STREAM: "S" }), {
+    message: /with GATEWAY_STREAM: .*GATEWAY_ROUTES=\/ws\/stream=levels\.signals@S/,
+  });
+  // Empty values count as unset, as for every other variable.
+  assert.equal(parseConfig({ GATEWAY_ROUTES: "/ws/a=a", GATEWAY_SUBJECT: " " }).subject, "a");
+  assert.equal(parseConfig({ GATEWAY_ROUTES: " ", GATEWAY_SUBJECT: "q" }).subject, "q");
+});
+
+Deno.test("parseConfig refuses a dead-letter subject any route relays", () => {
+  const GATEWAY_ROUTES = "/ws/flow=market.flow,/ws/levels/{symbol}=levels.{symbol}.signals";
+  for (const dead of ["market.flow", "levels.SPY.signals"]) {
+    assert.throws(() => parseConfig({ GATEWAY_ROUTES, GATEWAY_DEAD_LETTER_SUBJECT: dead }), {
+      name: "ConfigError",
+      message: /^GATEWAY_DEAD_LETTER_SUBJECT must not be a subject a route relays \(route "/,
+    });
+  }
+  const ok = parseConfig({ GATEWAY_ROUTES, GATEWAY_DEAD_LETTER_SUBJECT: "levels.SPY.dead" });
+  assert.equal(ok.deadLetterSubject, "levels.SPY.dead");
+});
+
+Deno.test("parseConfig reads the admin address: none by default, its own port when set", () => {
+  const none = parseConfig({ GATEWAY_HOST: "127.0.0.1" });
+  assert.equal(none.adminPort, -1);
+  assert.equal(none.adminHost, "127.0.0.1", "defaults to GATEWAY_HOST");
+  const own = parseConfig({ GATEWAY_ADMIN_PORT: "9090", GATEWAY_ADMIN_HOST: "::1" });
+  assert.deepEqual([own.adminHost, own.adminPort, own.port], ["::1", 9090, 8000]);
+  assert.equal(parseConfig({ GATEWAY_ADMIN_PORT: "0", GATEWAY_PORT: "0" }).adminPort, 0);
+  assert.equal(parseConfig({ GATEWAY_ADMIN_PORT: "0" }).adminPort, 0);
+  const cases: [Record<string, string>, RegExp][] = [
+    [{ GATEWAY_ADMIN_PORT: "8000" }, /^GATEWAY_ADMIN_PORT must differ from the public port/],
+    [{ PORT: "9000", GATEWAY_ADMIN_PORT: "9000" }, /must differ .*current value is "9000"$/],
+    [{ GATEWAY_ADMIN_PORT: "65536" }, /^GATEWAY_ADMIN_PORT must be between -1 and 65535/],
+    [{ GATEWAY_ADMIN_PORT: "-2" }, /^GATEWAY_ADMIN_PORT must be between -1 and 65535/],
+    [{ GATEWAY_ADMIN_PORT: "x" }, /^Cannot parse GATEWAY_ADMIN_PORT as an integer/],
+    [{ GATEWAY_ADMIN_HOST: "10.0.0.1" }, /^GATEWAY_ADMIN_HOST is set without GATEWAY_ADMIN_PORT/],
+    [
+      { GATEWAY_ADMIN_PORT: "9090", GATEWAY_ADMIN_HOST: "not a host" },
+      /^GATEWAY_ADMIN_HOST must be a host name or IP address: current value is "not a host"$/,
+    ],
+    [{ GATEWAY_ROUTE_MAX_VALUES: "0" }, /^GATEWAY_ROUTE_MAX_VALUES must be between 1 and/],
+  ];
+  for (const [env, message] of cases) {
+    assert.throws(() => parseConfig(env), { name: "ConfigError", message }, JSON.stringify(env));
+  }
 });
