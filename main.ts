@@ -4,7 +4,7 @@
  * after a graceful stop, 1 when the gateway cannot start or cannot go on, 2 for bad configuration.
  */
 import { type CliMode, helpText, parseArgs, versionText } from "./lib/cli.ts";
-import { type Config, ConfigError, parseConfig } from "./lib/config.ts";
+import { type Config, ConfigError, describeConfig, parseConfig } from "./lib/config.ts";
 import {
   describeUnknown,
   type LoadedEnvironment,
@@ -132,6 +132,7 @@ export async function main(args: readonly string[] = Deno.args): Promise<number>
     return await probe(mode.kind, config, createLogger(config.logLevel));
   }
   const logger = createLogger(config.logLevel);
+  logger.info("configuration", describeConfig(config));
   // Listening from the start: a signal during startup stops the gateway as soon as it is up,
   // instead of killing the process (the default action) with clients half-attached.
   const stopSignal = new Promise<Deno.Signal>((resolve) => {

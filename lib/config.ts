@@ -675,3 +675,51 @@ export function parseConfig(env: Env, cpus = navigator.hardwareConcurrency): Con
   refuseSplitStream(config);
   return config;
 }
+
+/**
+ * What the gateway will do, for the startup log: every setting that shapes its behaviour, with
+ * secrets reduced to whether they are set (never their values).
+ */
+export function describeConfig(config: Config): Record<string, unknown> {
+  const auth = [
+    ...(config.authTokens.length > 0 ? [`${config.authTokens.length} static token(s)`] : []),
+    ...(config.jwtSecret !== "" ? ["JWT (HMAC secret)"] : []),
+    ...(config.jwtPublicKeyPath !== "" ? [`JWT (public key ${config.jwtPublicKeyPath})`] : []),
+    ...(config.jwtJwksPath !== "" ? [`JWT (JWKS ${config.jwtJwksPath})`] : []),
+  ];
+  const natsLogin = config.natsCredsPath !== ""
+    ? `creds file ${config.natsCredsPath}`
+    : config.natsNkeyPath !== ""
+    ? `nkey ${config.natsNkeyPath}`
+    : config.natsToken !== ""
+    ? "token"
+    : config.natsUser !== ""
+    ? `user "${config.natsUser}"`
+    : "none";
+  return {
+    routes: config.routes.map((r) => `${r.path}=${r.subject}${r.stream ? `@${r.stream}` : ""}`),
+    nats: config.natsUrlRedacted,
+    nats_login: natsLogin,
+    nats_tls: config.natsCaPath !== "" || config.natsCertPath !== "" ||
+      config.natsServers.some((s) => s.startsWith("tls://")),
+    consumer: config.durableName || "ordered",
+    create_streams: config.createStreams,
+    auth: auth.length > 0 ? auth : "off",
+    auth_reject: config.authReject,
+    allowed_origins: config.allowedOrigins,
+    listen: `${config.host}:${config.port}`,
+    admin_listen: config.adminPort >= 0 ? `${config.adminHost}:${config.adminPort}` : "off",
+    workers: config.workers,
+    max_connections: config.maxConnections,
+    client_buffer_bytes: config.clientBufferBytes,
+    client_max_queue_ms: config.clientMaxQueueMs,
+    slow_client_timeout_ms: config.slowClientTimeoutMs,
+    idle_timeout_s: config.idleTimeoutSeconds,
+    client_max_frame_bytes: config.clientMaxFrameBytes,
+    client_max_frames_per_s: config.clientMaxFramesPerSecond,
+    route_max_values: config.routeMaxValues,
+    dead_letter_subject: config.deadLetterSubject || "off",
+    viewer: config.viewer,
+    fd_limit: config.fdLimit > 0 ? config.fdLimit : "read at start",
+  };
+}

@@ -17,7 +17,7 @@ import { findStream, platformStreamFor, setUpStreams, StreamSetupError } from ".
 import { checkPermissions } from "./permissions.ts";
 import { redactUrl } from "./redact.ts";
 import { Route } from "./route.ts";
-import { RouteTable } from "./routes.ts";
+import { type RouteSpec, RouteTable } from "./routes.ts";
 import { createHandler, type HandlerDeps } from "./server.ts";
 import { Sessions } from "./session.ts";
 import { delay, errorMessage } from "./util.ts";
@@ -77,102 +77,143 @@ export async function startGateway(
   options: GatewayOptions = {},
 ): Promise<Gateway> {
   const logger = options.logger ?? createLogger(config.logLevel);
-  const startedAt = Date.now();
   await checkPermissions(config);
-  const table = new RouteTable(config.routes);
-  const routes: Route[] = [];
-  const metrics = new GatewayMetrics(
-    () => routes.reduce((sum, route) => sum + route.connections, 0),
-    undefined,
-    config.routes.map((route) => route.path),
-  );
-  metrics.onSnapshot(() => routes.forEach((route) => route.updateGauges()));
-  metrics.startTime.set(Math.floor(startedAt / 1000));
-
+  // A taken port is reported with its address before NATS is contacted or anything created.
+  if (!options.reusePort) checkPortsFree(config);
   const nc = await connect(config, logger);
-  metrics.natsConnected.set(1);
-  const abort = new AbortController();
-  const nats = watchNats(nc, config, logger, metrics, abort.signal);
-  const sessions = new Sessions({ metrics });
-  const fdLimit = config.fdLimit > 0 ? config.fdLimit : readFdLimit();
-  const maxConnections = connectionCap(config.maxConnections, fdLimit, config.workers);
-  const servers: ResilientServer[] = [];
+  const gateway = new RunningInstance(config, options, logger, nc);
   try {
-    const streams = await resolveStreams(nc, config, logger);
+    await gateway.start();
+  } catch (err) {
+    await gateway.abandon();
+    throw err;
+  }
+  return gateway;
+}
+
+/** One isolate's gateway: the NATS connection, the routes, the listeners; owns all their state. */
+class RunningInstance implements Gateway {
+  readonly metrics: GatewayMetrics;
+  readonly routes: Route[] = [];
+  readonly failed: Promise<Error>;
+  readonly #config: Config;
+  readonly #options: GatewayOptions;
+  readonly #logger: Logger;
+  readonly #nc: NatsConnection;
+  readonly #startedAt = Date.now();
+  readonly #abort = new AbortController();
+  readonly #nats: NatsWatch;
+  readonly #sessions: Sessions;
+  readonly #servers: ResilientServer[] = [];
+  #shuttingDown: Promise<void> | undefined;
+
+  constructor(config: Config, options: GatewayOptions, logger: Logger, nc: NatsConnection) {
+    this.#config = config;
+    this.#options = options;
+    this.#logger = logger;
+    this.#nc = nc;
+    this.metrics = new GatewayMetrics(
+      () => this.routes.reduce((sum, route) => sum + route.connections, 0),
+      undefined,
+      config.routes.map((route) => route.path),
+    );
+    this.metrics.onSnapshot(() => this.routes.forEach((route) => route.updateGauges()));
+    this.metrics.startTime.set(Math.floor(this.#startedAt / 1000));
+    this.metrics.natsConnected.set(1);
+    this.#nats = watchNats(nc, config, logger, this.metrics, this.#abort.signal);
+    this.#sessions = new Sessions({ metrics: this.metrics });
+    const { promise, resolve } = Promise.withResolvers<Error>();
+    this.failed = promise;
+    void this.#nats.failed.then(resolve);
+    this.#routesFailed = resolve;
+  }
+
+  readonly #routesFailed: (error: Error) => void;
+
+  get addr(): Deno.NetAddr {
+    return this.#servers[0].addr;
+  }
+
+  get adminAddr(): Deno.NetAddr | undefined {
+    return this.#servers[1]?.addr;
+  }
+
+  /** Streams, routes (each consuming before anyone is served), then the listeners. */
+  async start(): Promise<void> {
+    const config = this.#config;
+    const streams = await resolveStreams(this.#nc, config, this.#logger);
+    const table = new RouteTable(config.routes);
     const deadLetters = config.deadLetterSubject
-      ? new DeadLetters(nc, config.deadLetterSubject, logger, abort.signal)
+      ? new DeadLetters(this.#nc, config.deadLetterSubject, this.#logger, this.#abort.signal)
       : undefined;
     for (const [index, spec] of config.routes.entries()) {
-      routes.push(
-        new Route({
-          nc,
-          config,
-          spec,
-          stream: streams[index],
-          table,
-          metrics,
-          logger,
-          lagPollMs: options.lagPollMs ?? LAG_POLL_MS,
-          ...(deadLetters ? { deadLetters } : {}),
-          signal: abort.signal,
-          natsConnected: () => nats.connected,
-        }),
-      );
+      const route = new Route({
+        nc: this.#nc,
+        config,
+        spec,
+        stream: streams[index],
+        table,
+        metrics: this.metrics,
+        logger: this.#logger,
+        lagPollMs: this.#options.lagPollMs ?? LAG_POLL_MS,
+        ...(deadLetters ? { deadLetters } : {}),
+        signal: this.#abort.signal,
+        natsConnected: () => this.#nats.connected,
+      });
+      void route.failed.then(this.#routesFailed);
+      this.routes.push(route);
     }
-    await Promise.all(routes.map((route) => route.start()));
-    const handlerDeps: Omit<HandlerDeps, "serve"> = {
+    await Promise.all(this.routes.map((route) => route.start()));
+    await this.#listen(table);
+  }
+
+  async #listen(table: RouteTable): Promise<void> {
+    const config = this.#config;
+    const fdLimit = config.fdLimit > 0 ? config.fdLimit : readFdLimit();
+    const maxConnections = connectionCap(config.maxConnections, fdLimit, config.workers);
+    const byPath = new Map(this.routes.map((route) => [route.spec.path, route]));
+    const deps: Omit<HandlerDeps, "serve"> = {
       table,
-      broadcasterFor: (match) => byPath.get(match.route.path)!.broadcasterFor(match.value),
-      metrics,
-      logger,
-      ...(options.processView?.({ health, metrics: () => metrics.snapshot() }) ?? { health }),
+      broadcasterFor: (hit) => byPath.get(hit.route.path)!.broadcasterFor(hit.value),
+      metrics: this.metrics,
+      logger: this.#logger,
+      ...(this.#options.processView?.({
+        health: () => this.health(),
+        metrics: () => this.metrics.snapshot(),
+      }) ?? { health: () => this.health() }),
       maxConnections,
-      sessions,
+      sessions: this.#sessions,
       auth: await Authenticator.fromConfig(config),
       authReject: config.authReject,
       allowedOrigins: config.allowedOrigins,
       idleTimeoutSeconds: config.idleTimeoutSeconds,
       clientMaxFrameBytes: config.clientMaxFrameBytes,
       clientMaxFramesPerSecond: config.clientMaxFramesPerSecond,
-      ...(config.viewer
-        ? {
-          viewerPage: viewerHtml(
-            config.routes.map((r) => ({ path: r.path, subject: r.subject, templated: !!r.param })),
-          ),
-        }
-        : {}),
+      ...(config.viewer ? { viewerPage: viewerHtml(config.routes.map(viewerRoute)) } : {}),
     };
-    const byPath = new Map(routes.map((route) => [route.spec.path, route]));
     const listen = (hostname: string, port: number, serve: HandlerDeps["serve"]) =>
-      serveHttp(hostname, port, createHandler({ ...handlerDeps, serve }), {
-        logger,
-        metrics,
-        reusePort: options.reusePort ?? false,
+      serveHttp(hostname, port, createHandler({ ...deps, serve }), {
+        logger: this.#logger,
+        metrics: this.metrics,
+        reusePort: this.#options.reusePort ?? false,
       });
     const admin = config.adminPort >= 0;
-    servers.push(listen(config.host, config.port, admin ? "public" : "all"));
-    if (admin) servers.push(listen(config.adminHost, config.adminPort, "admin"));
-  } catch (err) {
-    abort.abort();
-    await Promise.all(servers.map((server) => server.shutdown().catch(() => {})));
-    await nc.close().catch(() => {});
-    await Promise.all(routes.map((route) => route.stopped()));
-    throw err;
+    this.#servers.push(listen(config.host, config.port, admin ? "public" : "all"));
+    if (admin) this.#servers.push(listen(config.adminHost, config.adminPort, "admin"));
+    this.#logger.info("gateway listening", {
+      addr: hostPort(this.addr),
+      ...(this.adminAddr ? { admin_addr: hostPort(this.adminAddr) } : {}),
+      routes: this.routes.map((r) => `${r.spec.path}=${r.spec.subject}@${r.stream}`),
+      consumer: config.durableName || "ordered (per instance)",
+      version: VERSION,
+      fd_limit: fdLimit,
+      max_connections: maxConnections,
+    });
   }
-  const [server, adminServer] = servers;
-  logger.info("gateway listening", {
-    addr: `${server.addr.hostname}:${server.addr.port}`,
-    ...(adminServer ? { admin_addr: `${adminServer.addr.hostname}:${adminServer.addr.port}` } : {}),
-    routes: routes.map((r) => `${r.spec.path}=${r.spec.subject}@${r.stream}`),
-    consumer: config.durableName || "ordered (per instance)",
-    version: VERSION,
-    fd_limit: fdLimit,
-    max_connections: maxConnections,
-  });
 
-  function health(): HealthReport {
-    const routeReports = routes.map((route) => route.health());
-    const healthy = nats.connected && !abort.signal.aborted &&
+  health(): HealthReport {
+    const routeReports = this.routes.map((route) => route.health());
+    const healthy = this.#nats.connected && !this.#abort.signal.aborted &&
       routeReports.every((r) => r.status === "healthy");
     const lastTimes = routeReports.map((r) => r.last_message_ts);
     const lags = routeReports.map((r) => r.lag);
@@ -180,63 +221,117 @@ export async function startGateway(
       service: "gateway",
       status: healthy ? "healthy" : "unhealthy",
       version: VERSION,
-      nats_url: config.natsUrlRedacted,
+      nats_url: this.#config.natsUrlRedacted,
       // The server of the seed list this connection uses now (one node of a cluster).
-      nats_server: redactUrl(nc.getServer()),
-      nats_connected: nats.connected,
+      nats_server: redactUrl(this.#nc.getServer()),
+      nats_connected: this.#nats.connected,
       connections: routeReports.reduce((sum, r) => sum + r.connections, 0),
       // The stalest route stands for all: a route that never relayed makes it null.
       last_message_ts: lastTimes.includes(null) ? null : Math.min(...(lastTimes as number[])),
-      messages_relayed: metrics.messagesRelayed.get(),
+      messages_relayed: this.metrics.messagesRelayed.get(),
       consumer_lag: lags.includes(null) ? null : Math.max(...(lags as number[])),
-      uptime_s: Math.floor((Date.now() - startedAt) / 1000),
+      uptime_s: Math.floor((Date.now() - this.#startedAt) / 1000),
       routes: routeReports,
     };
   }
 
-  let shuttingDown: Promise<void> | undefined;
-  function shutdown(): Promise<void> {
-    shuttingDown ??= (async () => {
-      logger.info("gateway shutting down", { connections: sessions.held });
-      abort.abort();
-      for (const route of routes) route.closeAll(CloseCode.goingAway, "gateway shutting down");
-      const timeUp = new AbortController();
-      const bound = delay(config.shutdownTimeoutMs, timeUp.signal);
-      // Our close handshakes finish first: Deno's server shutdown would overtake them, and
-      // browsers would see 1001 with wasClean=false. Opening and unauthorized sockets too.
-      const clientsGone = sessions.closeAll(CloseCode.goingAway, "gateway shutting down");
-      const stopServers = () => Promise.all(servers.map((s) => s.shutdown()));
-      await Promise.race([
-        Promise.allSettled([
-          clientsGone.then(stopServers),
-          nc.isClosed() ? Promise.resolve() : nc.drain(),
-          ...routes.map((route) => route.stopped()),
-        ]),
-        bound,
-      ]);
-      if (sessions.held > 0) {
-        // Peers that never finished their close (they do not read): Deno's shutdown cuts them.
-        logger.warn("clients still closing at the shutdown bound", { sockets: sessions.held });
-        await Promise.race([stopServers().catch(() => {}), delay(1000, timeUp.signal)]);
-      }
-      timeUp.abort();
-      if (!nc.isClosed()) await nc.close().catch(() => {});
-      nats.stop();
-      logger.info("gateway stopped");
-    })();
-    return shuttingDown;
+  report(): InstanceReport {
+    return { health: this.health(), metrics: this.metrics.snapshot() };
   }
 
-  return {
-    addr: server.addr,
-    ...(adminServer ? { adminAddr: adminServer.addr } : {}),
-    metrics,
-    routes,
-    failed: Promise.race([nats.failed, ...routes.map((route) => route.failed)]),
-    report: () => ({ health: health(), metrics: metrics.snapshot() }),
-    shutdown,
-    [Symbol.asyncDispose]: shutdown,
-  };
+  /** Startup failed: stop what was started, quietly. */
+  async abandon(): Promise<void> {
+    this.#abort.abort();
+    await Promise.all(this.#servers.map((server) => server.shutdown().catch(() => {})));
+    await this.#nc.close().catch(() => {});
+    await Promise.all(this.routes.map((route) => route.stopped()));
+    this.#nats.stop();
+  }
+
+  shutdown(): Promise<void> {
+    this.#shuttingDown ??= this.#stop();
+    return this.#shuttingDown;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.shutdown();
+  }
+
+  /**
+   * Every client gets 1001 and the gateway waits (bounded) for their close handshakes before it
+   * stops the listeners: Deno's server shutdown would overtake them, and browsers would see
+   * 1001 with wasClean=false. Then consumers stop and NATS is drained.
+   */
+  async #stop(): Promise<void> {
+    const sessions = this.#sessions;
+    this.#logger.info("gateway shutting down", { connections: sessions.held });
+    this.#abort.abort();
+    for (const route of this.routes) route.closeAll(CloseCode.goingAway, "gateway shutting down");
+    const timeUp = new AbortController();
+    const bound = delay(this.#config.shutdownTimeoutMs, timeUp.signal);
+    const clientsGone = sessions.closeAll(CloseCode.goingAway, "gateway shutting down");
+    const stopServers = () => Promise.all(this.#servers.map((s) => s.shutdown()));
+    await Promise.race([
+      Promise.allSettled([
+        clientsGone.then(stopServers),
+        this.#nc.isClosed() ? Promise.resolve() : this.#nc.drain(),
+        ...this.routes.map((route) => route.stopped()),
+      ]),
+      bound,
+    ]);
+    if (sessions.held > 0) {
+      // Peers that never finished their close (they do not read): Deno's shutdown cuts them.
+      this.#logger.warn("clients still closing at the shutdown bound", { sockets: sessions.held });
+      await Promise.race([stopServers().catch(() => {}), delay(1000, timeUp.signal)]);
+    }
+    timeUp.abort();
+    if (!this.#nc.isClosed()) await this.#nc.close().catch(() => {});
+    this.#nats.stop();
+    this.#logger.info("gateway stopped");
+  }
+}
+
+function hostPort(addr: Deno.NetAddr): string {
+  return `${addr.hostname}:${addr.port}`;
+}
+
+function viewerRoute(spec: RouteSpec) {
+  return { path: spec.path, subject: spec.subject, templated: spec.param !== null };
+}
+
+/**
+ * Binds and releases each configured port, so a taken one is reported with its address before
+ * anything else happens (port 0, any free port, cannot be taken).
+ */
+function checkPortsFree(config: Config): void {
+  const ports: [string, string, number][] = [[
+    "GATEWAY_HOST/GATEWAY_PORT",
+    config.host,
+    config.port,
+  ]];
+  if (config.adminPort > 0) {
+    ports.push(["GATEWAY_ADMIN_HOST/GATEWAY_ADMIN_PORT", config.adminHost, config.adminPort]);
+  }
+  for (const [names, hostname, port] of ports) {
+    if (port === 0) continue;
+    try {
+      Deno.listen({ hostname, port }).close();
+    } catch (err) {
+      if (!(err instanceof Deno.errors.AddrInUse)) throw err;
+      throw new AddressInUseError(
+        `${hostname}:${port} (${names}) is already in use: stop what listens there or choose another port`,
+        { cause: err },
+      );
+    }
+  }
+}
+
+/** The listen address is taken by another process. */
+export class AddressInUseError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "AddressInUseError";
+  }
 }
 
 /** One listener that survives EMFILE in Deno's accept loop (lib/fd_limit.ts). */

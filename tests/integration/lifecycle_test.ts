@@ -78,3 +78,23 @@ Deno.test("main: an env file fills unset variables, the environment wins", async
   assert.deepEqual(await client.waitFor(1), [signal(1)]);
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("main: a taken port is reported with its address before NATS is contacted", async () => {
+  using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (taken.addr as Deno.NetAddr).port;
+  const started = Date.now();
+  await using gateway = await GatewayProcess.spawn({
+    // Nothing listens there: contacting it would take the whole connect timeout.
+    NATS_URL: "nats://127.0.0.1:1",
+    GATEWAY_NATS_CONNECT_TIMEOUT_MS: "20000",
+    GATEWAY_PORT: String(port),
+  });
+  const status = await gateway.status;
+  assert.equal(status.code, 1);
+  assert.ok(Date.now() - started < 15_000, "did not wait for NATS");
+  assert.match(
+    gateway.output,
+    new RegExp(`127\\.0\\.0\\.1:${port} \\(GATEWAY_HOST/GATEWAY_PORT\\) is already in use`),
+  );
+  assert.doesNotMatch(gateway.output, /nats not reachable|nats connected/);
+});

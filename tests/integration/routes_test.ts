@@ -14,6 +14,7 @@ import {
 } from "../helpers/fixtures.ts";
 import { scrape, value } from "../helpers/metrics.ts";
 import { GatewayProcess } from "../helpers/process.ts";
+import { randomSecret, signToken } from "../helpers/jwt.ts";
 
 const TWO_ROUTES = "/ws/stream=levels.signals,/ws/flow=market.flow";
 const SYMBOLS = "/ws/levels/{symbol}=levels.{symbol}.signals";
@@ -263,4 +264,30 @@ Deno.test("a bad GATEWAY_ROUTES entry stops startup with exit 2 naming it", asyn
   )
     .filter((l) => l.level === "error");
   assert.match(errors[0].error, /^GATEWAY_ROUTES entry 2 "\/metrics=market\.flow": .*reserved/);
+});
+
+Deno.test("a token's routes claim admits it to the routes it names and no other", async () => {
+  await using nats = await NatsServer.start();
+  await using publisher = await Publisher.connect(nats.url);
+  await symbolStream(publisher);
+  const secret = randomSecret();
+  await using gateway = await startGateway(
+    testConfig(nats.url, {
+      GATEWAY_ROUTES: `/ws/stream=levels.signals,${SYMBOLS}`,
+      GATEWAY_JWT_SECRET: secret,
+    }),
+    { logger: recordingLogger() },
+  );
+  await publisher.publish(signal(1), "levels.signals");
+  await publisher.publish(signal(2, { symbol: "SPY" }), "levels.SPY.signals");
+  const token = await signToken({ secret }, { routes: ["/ws/levels/*"] });
+  await using spy = await Client.open(gateway.addr, `/ws/levels/SPY?token=${token}`);
+  assert.deepEqual(await spy.waitFor(1), [signal(2, { symbol: "SPY" })]);
+  const refused = new Client(
+    new WebSocket(`ws://${gateway.addr.hostname}:${gateway.addr.port}/ws/stream?token=${token}`),
+  );
+  const closed = await refused.closed;
+  assert.equal(closed.code, 1008);
+  assert.equal(closed.reason, "forbidden");
+  assert.deepEqual(refused.messages, [], "not one payload byte");
 });

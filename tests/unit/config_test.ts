@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ConfigError, parseConfig } from "../../lib/config.ts";
+import { ConfigError, describeConfig, parseConfig } from "../../lib/config.ts";
 import {
   closestKnownName,
   editDistance,
@@ -415,4 +415,31 @@ Deno.test("parseConfig reads the admin address: none by default, its own port wh
   for (const [env, message] of cases) {
     assert.throws(() => parseConfig(env), { name: "ConfigError", message }, JSON.stringify(env));
   }
+});
+
+Deno.test("describeConfig states the effective settings and never a secret", () => {
+  const secrets = [
+    "pa55-word-secret",
+    "tok-0123456789abcdef",
+    "hmac-secret-0123456789abcdefghijklmnop",
+  ];
+  const config = parseConfig({
+    NATS_URL: `nats://gw:${secrets[0]}@nats.internal:4222`,
+    GATEWAY_AUTH_TOKENS: secrets[1],
+    GATEWAY_JWT_SECRET: secrets[2],
+    GATEWAY_ROUTES: "/ws/stream=levels.signals,/ws/levels/{symbol}=levels.{symbol}.signals",
+    GATEWAY_WORKERS: "2",
+  });
+  const described = describeConfig(config);
+  const text = JSON.stringify(described);
+  for (const secret of secrets) assert.ok(!text.includes(secret), "secret shown");
+  assert.deepEqual(described.routes, [
+    "/ws/stream=levels.signals",
+    "/ws/levels/{symbol}=levels.{symbol}.signals",
+  ]);
+  assert.equal(described.nats, "nats://gw:[REDACTED]@nats.internal:4222");
+  assert.equal(described.nats_login, 'user "gw"');
+  assert.deepEqual(described.auth, ["1 static token(s)", "JWT (HMAC secret)"]);
+  assert.equal(described.workers, 2);
+  assert.equal(described.max_connections, 10000);
 });
