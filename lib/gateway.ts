@@ -9,7 +9,7 @@ import { CloseCode } from "./broadcaster.ts";
 import type { Config } from "./config.ts";
 import { DeadLetters } from "./dead_letters.ts";
 import { connectionCap, readFdLimit, type ResilientServer, serveResilient } from "./fd_limit.ts";
-import type { HealthReport, LocalState, ProcessView } from "./health.ts";
+import type { HealthReport, InstanceReport, LocalState, ProcessView } from "./health.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { GatewayMetrics, type MetricSnapshot } from "./metrics.ts";
 import { connectNats, NatsUnavailableError } from "./nats/connection.ts";
@@ -43,11 +43,7 @@ export interface RunningGateway extends AsyncDisposable {
   shutdown(): Promise<void>;
 }
 
-/** One isolate's state, plain data: what /health and /metrics combine across workers. */
-export interface InstanceReport {
-  readonly health: HealthReport;
-  readonly metrics: MetricSnapshot[];
-}
+export type { InstanceReport } from "./health.ts";
 
 export interface Gateway extends RunningGateway {
   readonly metrics: GatewayMetrics;

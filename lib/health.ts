@@ -3,10 +3,15 @@
  * into the process's: the supervisor keeps each worker's latest published state in
  * `WorkerStates`; each worker answers from the combined copy it last received (`ProcessView`).
  */
-import type { InstanceReport } from "./gateway.ts";
 import type { RouteHealth } from "./route.ts";
 import { type MetricSnapshot, renderMetrics } from "./metrics.ts";
 import { VERSION } from "./version.ts";
+
+/** One isolate's state, plain data: what /health and /metrics combine across workers. */
+export interface InstanceReport {
+  readonly health: HealthReport;
+  readonly metrics: MetricSnapshot[];
+}
 
 export interface HealthReport {
   readonly service: "gateway";
