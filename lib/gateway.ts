@@ -11,7 +11,7 @@ import { DeadLetters } from "./dead_letters.ts";
 import { connectionCap, readFdLimit, type ResilientServer, serveResilient } from "./fd_limit.ts";
 import type { HealthReport, InstanceReport, LocalState, ProcessView } from "./health.ts";
 import { createLogger, type Logger } from "./log.ts";
-import { GatewayMetrics, type MetricSnapshot } from "./metrics.ts";
+import { GatewayMetrics } from "./metrics.ts";
 import { connectNats, NatsUnavailableError } from "./nats/connection.ts";
 import { findStream, platformStreamFor, setUpStreams, StreamSetupError } from "./nats/streams.ts";
 import { checkPermissions } from "./permissions.ts";
