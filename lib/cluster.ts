@@ -88,103 +88,127 @@ class WorkerHandle {
 
 /** Starts `config.workers` gateways on one port; rejects if any of them cannot start. */
 export async function startCluster(config: Config, logger: Logger): Promise<RunningGateway> {
-  let failWith: (error: Error) => void = () => {};
-  const failed = new Promise<Error>((resolve) => (failWith = resolve));
-  const handles: WorkerHandle[] = [];
-  const states = new WorkerStates(config.workers, STALE_AFTER_MS);
-  // Each worker enforces its share, so the process as a whole stays near the limit.
-  const workerConfig: Config = {
-    ...config,
-    maxConnections: Math.ceil(config.maxConnections / config.workers),
-  };
-  const startupTimeoutMs = config.natsConnectTimeoutMs * 3 + 10_000;
-
-  /** Sends every worker the process's state, combined once here rather than per request. */
-  function broadcastState(): void {
-    const state = states.combined();
-    for (const handle of handles) if (!handle.crashed) handle.post({ type: "state", state });
-  }
-  // Also what turns a silent worker's state stale in everyone's copy.
-  const broadcastTimer = setInterval(broadcastState, PUBLISH_INTERVAL_MS);
-
-  const spawn = (index: number, port: number, adminPort: number): WorkerHandle => {
-    const handle = new WorkerHandle(index, (message) => {
-      states.remove(index);
-      broadcastState();
-      failWith(new Error(message));
-    });
-    handles.push(handle);
-    handle.on((message) => {
-      if (message.type === "failed") failWith(new Error(message.message));
-      else if (message.type === "state" && states.update(index, message.report)) {
-        broadcastState();
-      }
-    });
-    // Every worker sees every invalid payload; one of them dead-letters it.
-    const deadLetterSubject = index === 0 ? config.deadLetterSubject : "";
-    handle.post({
-      type: "start",
-      config: { ...workerConfig, port, adminPort, deadLetterSubject },
-      index,
-    });
-    return handle;
-  };
-
-  const awaitReady = async (
-    handle: WorkerHandle,
-  ): Promise<{ addr: Deno.NetAddr; adminAddr?: Deno.NetAddr }> => {
-    const answer = await Promise.race([
-      handle.next(["ready", "start-failed"], startupTimeoutMs),
-      failed.then((error) => ({ type: "start-failed" as const, message: error.message })),
-    ]);
-    if (answer === undefined) {
-      throw new Error(`worker ${handle.index} did not start within ${startupTimeoutMs} ms`);
-    }
-    if (answer.type === "start-failed") throw new Error(answer.message);
-    return answer;
-  };
-
-  async function stopAll(): Promise<void> {
-    clearInterval(broadcastTimer);
-    const bound = config.shutdownTimeoutMs + 1_000;
-    await Promise.all(
-      handles.filter((h) => !h.crashed).map((handle) => {
-        const stopped = handle.next(["stopped"], bound);
-        handle.post({ type: "shutdown" });
-        return stopped;
-      }),
-    );
-    for (const handle of handles) handle.worker.terminate();
-  }
-
-  let addr: Deno.NetAddr;
-  let adminAddr: Deno.NetAddr | undefined;
+  const cluster = new Cluster(config);
+  let addrs: WorkerAddrs;
   try {
     // The first worker binds (and picks the ports when they are 0); the rest join it.
-    ({ addr, adminAddr } = await awaitReady(spawn(0, config.port, config.adminPort)));
-    const adminPort = adminAddr?.port ?? config.adminPort;
+    addrs = await cluster.awaitReady(cluster.spawn(0, config.port, config.adminPort));
+    const adminPort = addrs.adminAddr?.port ?? config.adminPort;
     const rest = [];
     for (let index = 1; index < config.workers; index++) {
-      rest.push(spawn(index, addr.port, adminPort));
+      rest.push(cluster.spawn(index, addrs.addr.port, adminPort));
     }
-    await Promise.all(rest.map(awaitReady));
+    await Promise.all(rest.map((handle) => cluster.awaitReady(handle)));
   } catch (err) {
-    await stopAll();
+    await cluster.shutdown();
     throw err;
   }
+  const { addr, adminAddr } = addrs;
   logger.info("workers started", {
     addr: `${addr.hostname}:${addr.port}`,
     ...(adminAddr ? { admin_addr: `${adminAddr.hostname}:${adminAddr.port}` } : {}),
     workers: config.workers,
   });
-
-  let shuttingDown: Promise<void> | undefined;
-  const shutdown = () => (shuttingDown ??= stopAll());
+  const shutdown = () => cluster.shutdown();
   return {
     addr,
     ...(adminAddr ? { adminAddr } : {}),
-    failed,
+    failed: cluster.failed,
     shutdown,
     [Symbol.asyncDispose]: shutdown,
   };
+}
+
+interface WorkerAddrs {
+  readonly addr: Deno.NetAddr;
+  readonly adminAddr?: Deno.NetAddr;
+}
+
+/** The supervisor's state: the workers, their published states, and the process's outcome. */
+class Cluster {
+  readonly failed: Promise<Error>;
+  readonly #failWith: (error: Error) => void;
+  readonly #config: Config;
+  /** What each worker runs: its share of the connection limit, so the process stays near it. */
+  readonly #workerConfig: Config;
+  readonly #handles: WorkerHandle[] = [];
+  readonly #states: WorkerStates;
+  readonly #startupTimeoutMs: number;
+  /** Also what turns a silent worker's state stale in everyone's copy. */
+  readonly #broadcastTimer: ReturnType<typeof setInterval>;
+  #stopping: Promise<void> | undefined;
+
+  constructor(config: Config) {
+    this.#config = config;
+    this.#workerConfig = {
+      ...config,
+      maxConnections: Math.ceil(config.maxConnections / config.workers),
+    };
+    this.#states = new WorkerStates(config.workers, STALE_AFTER_MS);
+    this.#startupTimeoutMs = config.natsConnectTimeoutMs * 3 + 10_000;
+    const { promise, resolve } = Promise.withResolvers<Error>();
+    this.failed = promise;
+    this.#failWith = resolve;
+    this.#broadcastTimer = setInterval(() => this.#broadcastState(), PUBLISH_INTERVAL_MS);
+  }
+
+  spawn(index: number, port: number, adminPort: number): WorkerHandle {
+    const handle = new WorkerHandle(index, (message) => {
+      this.#states.remove(index);
+      this.#broadcastState();
+      this.#failWith(new Error(message));
+    });
+    this.#handles.push(handle);
+    handle.on((message) => {
+      if (message.type === "failed") this.#failWith(new Error(message.message));
+      else if (message.type === "state" && this.#states.update(index, message.report)) {
+        this.#broadcastState();
+      }
+    });
+    // Every worker sees every invalid payload; one of them dead-letters it.
+    const deadLetterSubject = index === 0 ? this.#config.deadLetterSubject : "";
+    handle.post({
+      type: "start",
+      config: { ...this.#workerConfig, port, adminPort, deadLetterSubject },
+      index,
+    });
+    return handle;
+  }
+
+  async awaitReady(handle: WorkerHandle): Promise<WorkerAddrs> {
+    const timeoutMs = this.#startupTimeoutMs;
+    const answer = await Promise.race([
+      handle.next(["ready", "start-failed"], timeoutMs),
+      this.failed.then((error) => ({ type: "start-failed" as const, message: error.message })),
+    ]);
+    if (answer === undefined) {
+      throw new Error(`worker ${handle.index} did not start within ${timeoutMs} ms`);
+    }
+    if (answer.type === "start-failed") throw new Error(answer.message);
+    return answer;
+  }
+
+  shutdown(): Promise<void> {
+    this.#stopping ??= this.#stopAll();
+    return this.#stopping;
+  }
+
+  /** Sends every worker the process's state, combined once here rather than per request. */
+  #broadcastState(): void {
+    const state = this.#states.combined();
+    for (const handle of this.#handles) if (!handle.crashed) handle.post({ type: "state", state });
+  }
+
+  async #stopAll(): Promise<void> {
+    clearInterval(this.#broadcastTimer);
+    const bound = this.#config.shutdownTimeoutMs + 1_000;
+    await Promise.all(
+      this.#handles.filter((h) => !h.crashed).map((handle) => {
+        const stopped = handle.next(["stopped"], bound);
+        handle.post({ type: "shutdown" });
+        return stopped;
+      }),
+    );
+    for (const handle of this.#handles) handle.worker.terminate();
+  }
 }
