@@ -94,204 +94,279 @@ const HTTP_REFUSALS = {
 export type Handler = (request: Request) => Response | Promise<Response>;
 
 export function createHandler(deps: HandlerDeps): Handler {
-  const upgrade: Upgrade = deps.upgrade ?? Deno.upgradeWebSocket;
-  const metricsText = deps.metricsText ?? (() => deps.metrics.render());
-  const now = deps.now ?? Date.now;
-  const logBadUpgrade = rateLimited(deps.logger.warn, 10_000);
-  const logRefused = rateLimited(deps.logger.warn, 10_000);
-  const sessions = deps.sessions ?? new Sessions({ metrics: deps.metrics });
-  const auth = deps.auth ?? new Authenticator({ tokens: deps.authTokens ?? [] });
-  const origins = new OriginPolicy(deps.allowedOrigins);
-  const table = deps.table ?? new RouteTable(parseRoutes("/ws/stream=levels.signals"));
-  const broadcasterFor = deps.broadcasterFor ?? (() => deps.broadcaster);
-  const serve = deps.serve ?? "all";
+  const router = new HttpRouter(deps);
+  return (request) => router.handle(request);
+}
 
-  function readOnly(
-    request: Request,
-    respond: () => Response | Promise<Response>,
-  ): Response | Promise<Response> {
-    if (request.method === "OPTIONS") {
-      return new Response(null, {
-        status: 204,
-        headers: { "access-control-allow-methods": "GET, HEAD, OPTIONS" },
-      });
-    }
-    if (request.method !== "GET" && request.method !== "HEAD") {
-      return text("method not allowed\n", 405, { allow: "GET, HEAD, OPTIONS" });
-    }
-    return respond();
-  }
+type Listener = NonNullable<HandlerDeps["serve"]>;
+type Respond = () => Response | Promise<Response>;
 
-  function atLimit(): boolean {
-    const limit = deps.maxConnections;
-    // Sockets count until their close event: a peer that resets, or never reads our close,
-    // cannot free its slot early and get past the limit.
-    if (limit <= 0 || sessions.held < limit) return false;
-    deps.metrics.connectionsRejected.inc({ reason: "limit" });
-    return true;
-  }
+/** What the fixed endpoints answer from. */
+interface EndpointDeps {
+  readonly health: HandlerDeps["health"];
+  readonly metricsText: () => string | Promise<string>;
+  readonly viewerPage: string | undefined;
+}
 
-  /** Everything decided before the upgrade: method, Origin, limit, upgrade headers, token. */
-  function stream(request: Request, hit: RouteHit): Response | Promise<Response> {
-    const path = new URL(request.url).pathname;
-    if (request.method !== "GET") {
-      return text("method not allowed\n", 405, { allow: "GET" });
-    }
-    const origin = request.headers.get("origin");
-    if (!origins.allows(origin)) {
-      deps.metrics.connectionsRejected.inc({ reason: "origin" });
-      logRefused("websocket upgrade from a disallowed origin refused", {
-        reason: "origin",
-        origin: origin!.slice(0, 100),
-      });
-      return text("origin not allowed\n", 403);
-    }
-    if (atLimit()) return text("connection limit reached\n", 503, { "retry-after": "5" });
-    if (request.headers.get("upgrade")?.toLowerCase() !== "websocket") {
-      return badUpgrade(new TypeError("the upgrade header must contain 'websocket'"));
-    }
-    // Read before the upgrade: Deno closes the request's headers once it has upgraded.
-    // Synchronous where nothing waits (static tokens, a fixed route): no turn of the event loop
-    // between the request and the upgrade.
-    return then(auth.authenticate(request, path), (outcome) => {
-      if (!outcome.admitted) return admit(request, outcome, undefined);
-      // Seeded before the upgrade, so the first frame a client gets is the newest snapshot.
-      return then(broadcasterFor(hit), (broadcaster) => {
-        if (broadcaster !== undefined) return admit(request, outcome, broadcaster);
-        deps.metrics.connectionsRejected.inc({ reason: "limit" });
-        return text("this route holds as many values as it may; retry later\n", 503, {
-          "retry-after": "5",
-        });
-      });
+/**
+ * The fixed endpoints: which listeners serve each (an admin port splits them; "all" serves every
+ * one) and how it answers; a responder of undefined leaves the path a 404 on this listener.
+ */
+const ENDPOINTS: Readonly<
+  Record<
+    string,
+    { servedOn: readonly Listener[]; responder: (d: EndpointDeps) => Respond | undefined }
+  >
+> = {
+  "/health": { servedOn: ["all", "admin"], responder: (d) => () => healthResponse(d.health) },
+  "/readyz": { servedOn: ["all", "admin"], responder: (d) => () => readyResponse(d.health) },
+  "/metrics": {
+    servedOn: ["all", "admin"],
+    responder: (d) => () => metricsResponse(d.metricsText),
+  },
+  "/livez": {
+    servedOn: ["all", "public", "admin"],
+    responder: () => () => json({ status: "alive" }),
+  },
+  "/client.js": { servedOn: ["all", "public"], responder: () => clientScriptResponse },
+  "/": {
+    servedOn: ["all", "public"],
+    responder: ({ viewerPage }) =>
+      viewerPage === undefined ? undefined : () => pageResponse(viewerPage),
+  },
+};
+
+function healthResponse(health: HandlerDeps["health"]): Response | Promise<Response> {
+  return then(health(), (report) => json(report, report.status === "healthy" ? 200 : 503));
+}
+
+function readyResponse(health: HandlerDeps["health"]): Response | Promise<Response> {
+  return then(health(), (report) =>
+    json(
+      { status: report.status === "healthy" ? "ready" : "not ready" },
+      report.status === "healthy" ? 200 : 503,
+    ));
+}
+
+function metricsResponse(
+  metricsText: () => string | Promise<string>,
+): Response | Promise<Response> {
+  return then(
+    metricsText(),
+    (body) => text(body, 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" }),
+  );
+}
+
+/** The browser client (client/gateway_client.ts), embedded: no file read at run time. */
+function clientScriptResponse(): Response {
+  return new Response(CLIENT_JS, {
+    headers: {
+      "content-type": "text/javascript; charset=utf-8",
+      "cache-control": "public, max-age=300",
+    },
+  });
+}
+
+function pageResponse(page: string): Response {
+  return new Response(page, {
+    headers: { "content-type": "text/html; charset=utf-8", "cache-control": "no-cache" },
+  });
+}
+
+/** The fixed endpoints answer GET and HEAD (and a CORS preflight) only. */
+function readOnly(request: Request, respond: Respond): Response | Promise<Response> {
+  if (request.method === "OPTIONS") {
+    return new Response(null, {
+      status: 204,
+      headers: { "access-control-allow-methods": "GET, HEAD, OPTIONS" },
     });
   }
-
-  function badUpgrade(error: unknown): Response {
-    deps.metrics.connectionsRejected.inc({ reason: "bad_request" });
-    logBadUpgrade("bad websocket upgrade request", { error });
-    return text("expected a WebSocket upgrade request\n", 400);
+  if (request.method !== "GET" && request.method !== "HEAD") {
+    return text("method not allowed\n", 405, { allow: "GET, HEAD, OPTIONS" });
   }
+  return respond();
+}
 
-  function admit(
-    request: Request,
-    outcome: AuthOutcome,
-    broadcaster: Broadcaster | undefined,
-  ): Response {
-    if (!outcome.admitted) {
-      logRefused("websocket client refused", { reason: outcome.reason, ...outcome.detail });
-      if (deps.authReject === "http") {
-        deps.metrics.connectionsRejected.inc({ reason: outcome.reason });
-        return HTTP_REFUSALS[outcome.reason]();
-      }
-    }
-    // Checked again: other upgrades may have been admitted while a token was verified.
-    if (atLimit()) return text("connection limit reached\n", 503, { "retry-after": "5" });
-    let upgraded: ReturnType<Upgrade>;
-    try {
-      const protocol = selectProtocol(request);
-      upgraded = upgrade(request, {
-        idleTimeout: deps.idleTimeoutSeconds,
-        ...(protocol === undefined ? {} : { protocol }),
-      });
-    } catch (err) {
-      return badUpgrade(err);
-    }
-    sessions.track(upgraded.socket);
-    if (!outcome.admitted) {
-      // Accepted, then closed with 1008 before any data: a browser sees a close code and
-      // reason, which a refused handshake would not give it.
-      deps.metrics.connectionsRejected.inc({ reason: outcome.reason });
-      refuseSession(upgraded.socket, sessions, outcome.reason);
-      return upgraded.response;
-    }
-    startSession(upgraded.socket, {
-      broadcaster: broadcaster!,
-      metrics: deps.metrics,
-      sessions,
-      clientMaxFrameBytes: deps.clientMaxFrameBytes,
-      clientMaxFramesPerSecond: deps.clientMaxFramesPerSecond,
-      now,
-      ...(outcome.expiresAtMs === undefined ? {} : { expiresAtMs: outcome.expiresAtMs }),
-    });
-    return upgraded.response;
-  }
+const connectionLimitReached = () =>
+  text("connection limit reached\n", 503, { "retry-after": "5" });
 
-  function route(request: Request, path: string): Response | Promise<Response> {
-    if (serve !== "admin") {
-      const hit = table.match(path);
-      if (hit.kind === "route") return stream(request, hit);
-      if (hit.kind === "invalid") {
-        deps.metrics.connectionsRejected.inc({ reason: "bad_request" });
-        return text(`not a valid value for ${hit.route.path}: ${hit.reason}\n`, 400);
-      }
-    }
-    if (!ENDPOINTS[path]?.includes(serve)) return text("not found\n", 404);
-    switch (path) {
-      case "/health":
-        return readOnly(
-          request,
-          () =>
-            then(deps.health(), (report) => json(report, report.status === "healthy" ? 200 : 503)),
-        );
-      case "/livez":
-        return readOnly(request, () => json({ status: "alive" }));
-      case "/":
-        if (deps.viewerPage === undefined) return text("not found\n", 404);
-        return readOnly(request, () =>
-          new Response(deps.viewerPage, {
-            headers: { "content-type": "text/html; charset=utf-8", "cache-control": "no-cache" },
-          }));
-      case "/client.js":
-        // The browser client (client/gateway_client.ts), embedded: no file read at run time.
-        return readOnly(request, () =>
-          new Response(CLIENT_JS, {
-            headers: {
-              "content-type": "text/javascript; charset=utf-8",
-              "cache-control": "public, max-age=300",
-            },
-          }));
-      case "/readyz":
-        return readOnly(request, () =>
-          then(deps.health(), (report) =>
-            json(
-              { status: report.status === "healthy" ? "ready" : "not ready" },
-              report.status === "healthy" ? 200 : 503,
-            )));
-      case "/metrics":
-        return readOnly(
-          request,
-          () =>
-            then(
-              metricsText(),
-              (body) =>
-                text(body, 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" }),
-            ),
-        );
-      default:
-        return text("not found\n", 404);
+/**
+ * One listener's routing. It owns what every request shares (the sessions, the authenticator,
+ * the origin policy, the route table, the rate-limited loggers); each client, once upgraded, is
+ * a session of its own (lib/session.ts).
+ */
+class HttpRouter {
+  readonly #deps: HandlerDeps;
+  readonly #upgrade: Upgrade;
+  readonly #now: () => number;
+  readonly #logBadUpgrade: Logger["warn"];
+  readonly #logRefused: Logger["warn"];
+  readonly #sessions: Sessions;
+  readonly #auth: Authenticator;
+  readonly #origins: OriginPolicy;
+  readonly #table: RouteTable;
+  readonly #broadcasterFor: NonNullable<HandlerDeps["broadcasterFor"]>;
+  readonly #serve: Listener;
+  /** The fixed endpoints this listener serves, by path. */
+  readonly #endpoints = new Map<string, Respond>();
+
+  constructor(deps: HandlerDeps) {
+    this.#deps = deps;
+    this.#upgrade = deps.upgrade ?? Deno.upgradeWebSocket;
+    this.#now = deps.now ?? Date.now;
+    this.#logBadUpgrade = rateLimited(deps.logger.warn, 10_000);
+    this.#logRefused = rateLimited(deps.logger.warn, 10_000);
+    this.#sessions = deps.sessions ?? new Sessions({ metrics: deps.metrics });
+    this.#auth = deps.auth ?? new Authenticator({ tokens: deps.authTokens ?? [] });
+    this.#origins = new OriginPolicy(deps.allowedOrigins);
+    this.#table = deps.table ?? new RouteTable(parseRoutes("/ws/stream=levels.signals"));
+    this.#broadcasterFor = deps.broadcasterFor ?? (() => deps.broadcaster);
+    this.#serve = deps.serve ?? "all";
+    const endpointDeps: EndpointDeps = {
+      health: deps.health,
+      metricsText: deps.metricsText ?? (() => deps.metrics.render()),
+      viewerPage: deps.viewerPage,
+    };
+    for (const [path, { servedOn, responder }] of Object.entries(ENDPOINTS)) {
+      const respond = servedOn.includes(this.#serve) ? responder(endpointDeps) : undefined;
+      if (respond !== undefined) this.#endpoints.set(path, respond);
     }
   }
 
-  return (request: Request) => {
-    const cors = origins.corsHeaders(request.headers.get("origin"));
-    return then(route(request, new URL(request.url).pathname), (response) => {
+  handle(request: Request): Response | Promise<Response> {
+    const cors = this.#origins.corsHeaders(request.headers.get("origin"));
+    return then(this.#route(request, new URL(request.url).pathname), (response) => {
       // A 101's headers are Deno's; CORS does not apply to a WebSocket handshake anyway.
       if (response.status === 101) return response;
       for (const [name, value] of Object.entries(cors)) response.headers.set(name, value);
       return response;
     });
-  };
-}
+  }
 
-/** Which listener serves each fixed endpoint (an admin port splits them; "all" serves every one). */
-const ENDPOINTS: Record<string, readonly ("all" | "public" | "admin")[]> = {
-  "/health": ["all", "admin"],
-  "/readyz": ["all", "admin"],
-  "/metrics": ["all", "admin"],
-  "/livez": ["all", "public", "admin"],
-  "/client.js": ["all", "public"],
-  "/": ["all", "public"],
-};
+  #route(request: Request, path: string): Response | Promise<Response> {
+    if (this.#serve !== "admin") {
+      const hit = this.#table.match(path);
+      if (hit.kind === "route") return this.#stream(request, hit, path);
+      if (hit.kind === "invalid") {
+        this.#deps.metrics.connectionsRejected.inc({ reason: "bad_request" });
+        return text(`not a valid value for ${hit.route.path}: ${hit.reason}\n`, 400);
+      }
+    }
+    const respond = this.#endpoints.get(path);
+    if (respond === undefined) return text("not found\n", 404);
+    return readOnly(request, respond);
+  }
+
+  #atLimit(): boolean {
+    const limit = this.#deps.maxConnections;
+    // Sockets count until their close event: a peer that resets, or never reads our close,
+    // cannot free its slot early and get past the limit.
+    if (limit <= 0 || this.#sessions.held < limit) return false;
+    this.#deps.metrics.connectionsRejected.inc({ reason: "limit" });
+    return true;
+  }
+
+  /** Everything decided before the upgrade: method, Origin, limit, upgrade headers, token. */
+  #stream(request: Request, hit: RouteHit, path: string): Response | Promise<Response> {
+    if (request.method !== "GET") {
+      return text("method not allowed\n", 405, { allow: "GET" });
+    }
+    const origin = request.headers.get("origin");
+    if (!this.#origins.allows(origin)) {
+      this.#deps.metrics.connectionsRejected.inc({ reason: "origin" });
+      this.#logRefused("websocket upgrade from a disallowed origin refused", {
+        reason: "origin",
+        origin: origin!.slice(0, 100),
+      });
+      return text("origin not allowed\n", 403);
+    }
+    if (this.#atLimit()) return connectionLimitReached();
+    if (request.headers.get("upgrade")?.toLowerCase() !== "websocket") {
+      return this.#badUpgrade(new TypeError("the upgrade header must contain 'websocket'"));
+    }
+    // Read before the upgrade: Deno closes the request's headers once it has upgraded.
+    // Synchronous where nothing waits (static tokens, a fixed route): no turn of the event loop
+    // between the request and the upgrade.
+    return then(
+      this.#auth.authenticate(request, path),
+      (outcome) => this.#authenticated(request, hit, outcome),
+    );
+  }
+
+  #authenticated(
+    request: Request,
+    hit: RouteHit,
+    outcome: AuthOutcome,
+  ): Response | Promise<Response> {
+    if (!outcome.admitted) return this.#refuse(request, outcome);
+    // Seeded before the upgrade, so the first frame a client gets is the newest snapshot.
+    return then(this.#broadcasterFor(hit), (broadcaster) => {
+      if (broadcaster !== undefined) return this.#admit(request, outcome, broadcaster);
+      this.#deps.metrics.connectionsRejected.inc({ reason: "limit" });
+      return text("this route holds as many values as it may; retry later\n", 503, {
+        "retry-after": "5",
+      });
+    });
+  }
+
+  #badUpgrade(error: unknown): Response {
+    this.#deps.metrics.connectionsRejected.inc({ reason: "bad_request" });
+    this.#logBadUpgrade("bad websocket upgrade request", { error });
+    return text("expected a WebSocket upgrade request\n", 400);
+  }
+
+  /** The upgrade itself, after a last look at the limit; a Response when it cannot happen. */
+  #upgradeSocket(request: Request): ReturnType<Upgrade> | Response {
+    // Checked again: other upgrades may have been admitted while a token was verified.
+    if (this.#atLimit()) return connectionLimitReached();
+    let upgraded: ReturnType<Upgrade>;
+    try {
+      const protocol = selectProtocol(request);
+      upgraded = this.#upgrade(request, {
+        idleTimeout: this.#deps.idleTimeoutSeconds,
+        ...(protocol === undefined ? {} : { protocol }),
+      });
+    } catch (err) {
+      return this.#badUpgrade(err);
+    }
+    this.#sessions.track(upgraded.socket);
+    return upgraded;
+  }
+
+  #refuse(request: Request, outcome: Extract<AuthOutcome, { admitted: false }>): Response {
+    this.#logRefused("websocket client refused", { reason: outcome.reason, ...outcome.detail });
+    if (this.#deps.authReject === "http") {
+      this.#deps.metrics.connectionsRejected.inc({ reason: outcome.reason });
+      return HTTP_REFUSALS[outcome.reason]();
+    }
+    const upgraded = this.#upgradeSocket(request);
+    if (upgraded instanceof Response) return upgraded;
+    // Accepted, then closed with 1008 before any data: a browser sees a close code and
+    // reason, which a refused handshake would not give it.
+    this.#deps.metrics.connectionsRejected.inc({ reason: outcome.reason });
+    refuseSession(upgraded.socket, this.#sessions, outcome.reason);
+    return upgraded.response;
+  }
+
+  #admit(
+    request: Request,
+    outcome: Extract<AuthOutcome, { admitted: true }>,
+    broadcaster: Broadcaster,
+  ): Response {
+    const upgraded = this.#upgradeSocket(request);
+    if (upgraded instanceof Response) return upgraded;
+    startSession(upgraded.socket, {
+      broadcaster,
+      metrics: this.#deps.metrics,
+      sessions: this.#sessions,
+      clientMaxFrameBytes: this.#deps.clientMaxFrameBytes,
+      clientMaxFramesPerSecond: this.#deps.clientMaxFramesPerSecond,
+      now: this.#now,
+      ...(outcome.expiresAtMs === undefined ? {} : { expiresAtMs: outcome.expiresAtMs }),
+    });
+    return upgraded.response;
+  }
+}
 
 /** Applies `f` at once to a plain value, or later to a promise's (single-isolate paths stay sync). */
 function then<T, U>(value: T | Promise<T>, f: (value: T) => U | Promise<U>): U | Promise<U> {

@@ -12,6 +12,8 @@ function setup(
     maxConnections?: number;
     authTokens?: string[];
     openTimeoutMs?: number;
+    serve?: "all" | "public" | "admin";
+    viewerPage?: string;
   } = {},
 ) {
   const broadcaster = new Broadcaster({ clientBufferBytes: 1000, slowClientTimeoutMs: 1000 });
@@ -52,12 +54,15 @@ function setup(
     clientMaxFramesPerSecond: 3,
     upgrade,
     now: () => now,
+    ...(overrides.serve === undefined ? {} : { serve: overrides.serve }),
+    ...(overrides.viewerPage === undefined ? {} : { viewerPage: overrides.viewerPage }),
   });
   /** The handler, always as a promise (routes answer synchronously with one worker). */
   const handler = async (request: Request) => await handle(request);
   const open = (socket: FakeSocket) => socket.dispatchEvent(new Event("open"));
   const close = (socket: FakeSocket) => socket.dispatchEvent(new CloseEvent("close"));
   return {
+    handle,
     handler,
     broadcaster,
     metrics,
@@ -271,4 +276,47 @@ Deno.test("sockets the gateway closed count against the limit until their close 
   sockets.slice(1).forEach(open);
   sockets.forEach(close);
   await sessions.idle();
+});
+
+Deno.test("a fixed route with static tokens upgrades synchronously: no await before the upgrade", () => {
+  const token = "s3cret-token-0123456789";
+  const { handle, sockets, open, broadcaster } = setup({ authTokens: [token] });
+  // Deno closes a request's headers once it has upgraded; nothing may wait in between.
+  const response = handle(wsRequest(`?token=${token}`));
+  assert.ok(response instanceof Response, "answered without a promise");
+  assert.equal(sockets.length, 1);
+  open(sockets[0]);
+  assert.equal(broadcaster.size, 1);
+});
+
+Deno.test("an admin port splits the endpoints: public serves routes, /livez, /client.js and /", async () => {
+  const page = "<!doctype html><title>viewer</title>";
+  const status = async (handler: (r: Request) => Promise<Response>, path: string) =>
+    (await handler(new Request(`http://gw${path}`))).status;
+  const pub = setup({ serve: "public", viewerPage: page }).handler;
+  const admin = setup({ serve: "admin", viewerPage: page }).handler;
+  for (const path of ["/health", "/readyz", "/metrics"]) {
+    assert.equal(await status(pub, path), 404, `public ${path}`);
+    assert.equal(await status(admin, path), 200, `admin ${path}`);
+  }
+  for (const path of ["/client.js", "/"]) {
+    assert.equal(await status(pub, path), 200, `public ${path}`);
+    assert.equal(await status(admin, path), 404, `admin ${path}`);
+  }
+  assert.equal(await status(pub, "/livez"), 200);
+  assert.equal(await status(admin, "/livez"), 200);
+  assert.equal(await status(pub, "/ws/stream"), 400, "public: the route, a plain GET");
+  assert.equal(await status(admin, "/ws/stream"), 404, "admin: no routes");
+  const viewer = await pub(new Request("http://gw/"));
+  assert.match(viewer.headers.get("content-type")!, /^text\/html/);
+  assert.equal(await viewer.text(), page);
+});
+
+Deno.test("/ without a viewer page is a 404 whatever the method", async () => {
+  const { handler } = setup();
+  assert.equal((await handler(new Request("http://gw/"))).status, 404);
+  assert.equal((await handler(new Request("http://gw/", { method: "POST" }))).status, 404);
+  const script = await handler(new Request("http://gw/client.js", { method: "HEAD" }));
+  assert.equal(script.status, 200);
+  assert.match(script.headers.get("content-type")!, /^text\/javascript/);
 });
