@@ -124,6 +124,11 @@ Deno.test("deno task demo: prints the viewer URL, relays valid snapshots, SIGINT
     started = await descendants(demo.pid);
     const names = await Promise.all(started.map(processName));
     assert.ok(names.includes("nats-server"), `children: ${names.join(", ")}`);
+    // The printed URL is the viewer itself.
+    const page = await fetch(url);
+    assert.equal(page.status, 200);
+    assert.match(page.headers.get("content-type") ?? "", /^text\/html/);
+    assert.match(await page.text(), /<html/);
 
     await using client = await Client.open({
       transport: "tcp",
