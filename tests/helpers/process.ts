@@ -66,9 +66,23 @@ export class GatewayProcess implements AsyncDisposable {
    * `args`: the deno arguments, by default the start task's; `env` is all the environment it
    * gets besides PATH (the launcher runs `deno` from PATH) and the defaults below.
    */
-  static async spawn(env: Record<string, string>, args?: string[]): Promise<GatewayProcess> {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: args ?? await startTaskArgs(),
+  static async spawn(
+    env: Record<string, string>,
+    args?: string[],
+    options: { readonly fdLimit?: number } = {},
+  ): Promise<GatewayProcess> {
+    const denoArgs = args ?? await startTaskArgs();
+    // Under `ulimit -n`: a shell lowers the limit, then becomes deno (exec keeps the pid).
+    const [command, commandArgs] = options.fdLimit === undefined
+      ? [Deno.execPath(), denoArgs]
+      : ["sh", [
+        "-c",
+        `ulimit -n ${options.fdLimit} && exec "$0" "$@"`,
+        Deno.execPath(),
+        ...denoArgs,
+      ]];
+    const child = new Deno.Command(command, {
+      args: commandArgs,
       cwd: new URL("../..", import.meta.url).pathname,
       env: {
         PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",

@@ -15,7 +15,7 @@ import {
   signal,
   testConfig,
 } from "../helpers/fixtures.ts";
-import { LISTENING_LINE, startTaskArgs } from "../helpers/process.ts";
+import { GatewayProcess } from "../helpers/process.ts";
 import { RawPeer } from "../helpers/raw_ws.ts";
 
 const TOKEN = "hostile-test-token-0123456789";
@@ -127,55 +127,6 @@ Deno.test("hostile: at shutdown a real client sees 1001 with a clean close", asy
   }
 });
 
-/** The real main.ts under `ulimit -n`, with the start task's flags. */
-async function spawnLimited(fdLimit: number, env: Record<string, string>) {
-  const args = await startTaskArgs();
-  const child = new Deno.Command("sh", {
-    args: ["-c", `ulimit -n ${fdLimit} && exec "$0" "$@"`, Deno.execPath(), ...args],
-    cwd: new URL("../..", import.meta.url).pathname,
-    env: {
-      PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
-      GATEWAY_HOST: "127.0.0.1",
-      GATEWAY_PORT: "0",
-      NO_COLOR: "1",
-      ...env,
-    },
-    clearEnv: true,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const lines: string[] = [];
-  const listening = Promise.withResolvers<Deno.NetAddr>();
-  const collect = async (stream: ReadableStream<Uint8Array>) => {
-    let buffer = "";
-    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-      buffer += chunk;
-      const parts = buffer.split("\n");
-      buffer = parts.pop()!;
-      for (const line of parts) {
-        lines.push(line);
-        const m = LISTENING_LINE.exec(line);
-        if (m) listening.resolve({ transport: "tcp", hostname: m[1], port: Number(m[2]) });
-      }
-    }
-    if (buffer) lines.push(buffer);
-  };
-  const streamsDone = Promise.all([collect(child.stdout), collect(child.stderr)]);
-  streamsDone.then(() =>
-    listening.reject(new Error(`exited before listening:\n${lines.join("\n")}`))
-  );
-  return { child, lines, listening: listening.promise, streamsDone };
-}
-
-/** The gateway's pid: the start task may run main.ts as a child of a launcher. */
-function gatewayPid(pid: number): number {
-  const cmdline = Deno.readTextFileSync(`/proc/${pid}/cmdline`);
-  if (cmdline.includes("main.ts")) return pid;
-  const children = Deno.readTextFileSync(`/proc/${pid}/task/${pid}/children`).trim().split(/\s+/);
-  return gatewayPid(Number(children[0]));
-}
-
 function fdsAndRss(pid: number): { fds: number; rssMb: number } {
   let fds = 0;
   for (const _ of Deno.readDirSync(`/proc/${pid}/fd`)) fds++;
@@ -186,19 +137,23 @@ function fdsAndRss(pid: number): { fds: number; rssMb: number } {
 Deno.test("hostile: idle connections past `ulimit -n` never kill the process; clients keep receiving", async () => {
   await using nats = await NatsServer.start();
   await using publisher = await Publisher.connect(nats.url);
-  const gw = await spawnLimited(256, { NATS_URL: nats.url, GATEWAY_MAX_CONNECTIONS: "10000" });
+  await using gw = await GatewayProcess.spawn(
+    { NATS_URL: nats.url, GATEWAY_MAX_CONNECTIONS: "10000" },
+    undefined,
+    { fdLimit: 256 },
+  );
   const idle: Deno.Conn[] = [];
   const clients: Client[] = [];
   try {
     const addr = await gw.listening;
-    const startLine = gw.lines.find((l) => l.includes('"msg":"gateway listening"')) ?? "";
+    const startLine = gw.lines.find((l: string) => l.includes('"msg":"gateway listening"')) ?? "";
     // The start task reads `ulimit -Sn` and passes it on (GATEWAY_FD_LIMIT): the cap applies.
     assert.match(startLine, /"fd_limit":256/);
     assert.match(startLine, /"max_connections":192/);
     for (let i = 0; i < 5; i++) clients.push(await Client.open(addr));
     await publisher.publish(signal(1));
     await Promise.all(clients.map((c) => c.waitFor(1)));
-    const pid = gatewayPid(gw.child.pid);
+    const pid = await gw.gatewayPid();
     const before = fdsAndRss(pid);
     // More idle TCP connections than the process has descriptors: Deno's accept loop hits EMFILE.
     for (let i = 0; i < 400; i++) {
@@ -234,20 +189,15 @@ Deno.test("hostile: idle connections past `ulimit -n` never kill the process; cl
         during.fds - before.fds
       } idle connections accepted: fds ${before.fds} -> ${during.fds} -> ${after.fds}, RSS ${before.rssMb} -> ${during.rssMb} -> ${after.rssMb} MB`,
     );
-    const output = gw.lines.join("\n");
+    const output = gw.output;
     assert.doesNotMatch(output, /Uncaught/);
     assert.match(output, /"msg":"http listener stopped; connected clients keep their streams/);
     assert.match(output, /"msg":"http listener restored"/);
   } finally {
     for (const conn of idle) conn.close();
     for (const client of clients) await client.close();
-    try {
-      gw.child.kill("SIGTERM");
-    } catch {
-      // Already exited: the status below says how.
-    }
-    const status = await gw.child.status;
-    await gw.streamsDone;
-    assert.equal(status.code, 0, gw.lines.join("\n"));
+    gw.kill("SIGTERM");
+    const status = await gw.status;
+    assert.equal(status.code, 0, gw.output);
   }
 });
