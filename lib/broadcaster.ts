@@ -43,6 +43,17 @@ export interface BroadcasterOptions {
    * is older is conflated like one over its byte bound. 0: bytes alone bound the queue.
    */
   readonly clientMaxQueueMs?: number;
+  /**
+   * How many payloads a client may have waiting in Deno's queue (not yet handed to the kernel)
+   * when a new one comes: past that it is conflated, and the drain sends it the newest once
+   * it has room. Default 4: a burst of a few messages on a loop that keeps up is queued whole.
+   * Deno writes queued frames only when JavaScript yields, and under overload the messages
+   * that waited meanwhile arrive in one burst: with the byte bound alone each burst queued up
+   * to ~31 snapshots per client (256 KiB), all written late and then superseded, and the
+   * relay's cycle (and the age of what clients see) grew with it. The time bound cannot see
+   * this (a burst takes milliseconds). 0: the byte and time bounds alone.
+   */
+  readonly clientMaxQueuedPayloads?: number;
   /** How often clients that are behind are checked for room. Default 20 ms. */
   readonly drainCheckMs?: number;
   readonly now?: () => number;
@@ -96,6 +107,7 @@ export class Broadcaster {
     this.#options = {
       drainCheckMs: 20,
       clientMaxQueueMs: 0,
+      clientMaxQueuedPayloads: 4,
       now: Date.now,
       setInterval: (tick, ms) => setInterval(tick, ms),
       clearInterval: (id) => clearInterval(id as ReturnType<typeof setInterval>),
@@ -193,10 +205,7 @@ export class Broadcaster {
       return false;
     }
     const queued = socket.bufferedAmount;
-    if (
-      queued > 0 &&
-      (queued + payload.length > this.#options.clientBufferBytes || this.#tooOld(client, queued))
-    ) {
+    if (queued > 0 && this.#overBound(client, queued, payload.length)) {
       // Already owed a payload: that one is now superseded.
       if (this.#behind.has(client)) this.#events.conflated?.();
       if (client.behindSince < 0) client.behindSince = this.#options.now();
@@ -209,6 +218,15 @@ export class Broadcaster {
       return false;
     }
     return this.#send(client, payload, queued);
+  }
+
+  /** Whether a client with `queued` bytes waiting must not be sent `bytes` more now. */
+  #overBound(client: Client, queued: number, bytes: number): boolean {
+    const maxQueued = this.#options.clientMaxQueuedPayloads;
+    // bufferedAmount counts UTF-8 bytes: compared with the payload's UTF-8 size, not its length.
+    return (maxQueued > 0 && queued >= maxQueued * this.#latestBytes) ||
+      queued + bytes > this.#options.clientBufferBytes ||
+      this.#tooOld(client, queued);
   }
 
   /** Sends the newest payload; a client sent it is owed nothing, so it leaves the behind set. */
@@ -282,11 +300,7 @@ export class Broadcaster {
         // Already has the newest (sent directly since it fell behind): owed nothing.
         this.#behind.delete(client);
         client.behindSince = -1;
-      } else if (
-        queued === 0 ||
-        (queued + payload.length <= this.#options.clientBufferBytes &&
-          !this.#tooOld(client, queued))
-      ) {
+      } else if (queued === 0 || !this.#overBound(client, queued, payload.length)) {
         if (this.#send(client, payload, queued)) this.#events.delivered?.(1, this.#latestBytes);
       } else if (now - client.behindSince >= this.#options.slowClientTimeoutMs) {
         this.#closeSlow(client);

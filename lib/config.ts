@@ -123,6 +123,13 @@ export interface Config {
    * is shown stays fresh under overload. Default 100. 0: only the byte bound applies.
    */
   readonly clientMaxQueueMs: number;
+  /**
+   * GATEWAY_CLIENT_MAX_QUEUED_SNAPSHOTS: how many snapshots a client may have waiting in Deno's
+   * send queue (not yet written to the kernel); a new one beyond that conflates it: it gets the
+   * newest once it has room. Deno writes queued frames only when JavaScript yields, so under
+   * overload a queue of old snapshots is what ages a screen. Default 4. 0: no count bound.
+   */
+  readonly clientMaxQueuedSnapshots: number;
   /** GATEWAY_MAX_CONNECTIONS: past it, upgrades get HTTP 503. Default 10000; 0 means no limit. */
   readonly maxConnections: number;
   /**
@@ -233,6 +240,7 @@ export const ENV_VARIABLES = [
   "GATEWAY_CLIENT_BUFFER_BYTES",
   "GATEWAY_SLOW_CLIENT_TIMEOUT_MS",
   "GATEWAY_CLIENT_MAX_QUEUE_MS",
+  "GATEWAY_CLIENT_MAX_QUEUED_SNAPSHOTS",
   "GATEWAY_MAX_CONNECTIONS",
   "GATEWAY_IDLE_TIMEOUT_S",
   "GATEWAY_CLIENT_MAX_FRAME_BYTES",
@@ -639,6 +647,7 @@ export function parseConfig(env: Env, cpus = navigator.hardwareConcurrency): Con
       0,
     ),
     clientMaxQueueMs: readInteger(env, "GATEWAY_CLIENT_MAX_QUEUE_MS", 100, 0, 60_000),
+    clientMaxQueuedSnapshots: readInteger(env, "GATEWAY_CLIENT_MAX_QUEUED_SNAPSHOTS", 4, 0, 10_000),
     maxConnections: readInteger(env, "GATEWAY_MAX_CONNECTIONS", 10_000, 0),
     idleTimeoutSeconds: readInteger(env, "GATEWAY_IDLE_TIMEOUT_S", 30, 0, 3600),
     clientMaxFrameBytes: readInteger(
@@ -713,6 +722,7 @@ export function describeConfig(config: Config): Record<string, unknown> {
     max_connections: config.maxConnections,
     client_buffer_bytes: config.clientBufferBytes,
     client_max_queue_ms: config.clientMaxQueueMs,
+    client_max_queued_snapshots: config.clientMaxQueuedSnapshots,
     slow_client_timeout_ms: config.slowClientTimeoutMs,
     idle_timeout_s: config.idleTimeoutSeconds,
     client_max_frame_bytes: config.clientMaxFrameBytes,

@@ -214,6 +214,7 @@ export class Route {
         clientBufferBytes: config.clientBufferBytes,
         slowClientTimeoutMs: config.slowClientTimeoutMs,
         clientMaxQueueMs: config.clientMaxQueueMs,
+        clientMaxQueuedPayloads: config.clientMaxQueuedSnapshots,
       },
       {
         delivered: (count, bytes) => {

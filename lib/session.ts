@@ -2,6 +2,10 @@
  * One client from upgrade to close. `Sessions` counts every upgraded socket until its close
  * event — opening, open, or closed by us but not yet gone — so the connection limit holds
  * whatever a peer does; `startSession` applies the frame rules and records one close reason.
+ *
+ * Everything here runs once per connection, on the path from connect to first snapshot, so a
+ * socket gets one handler object for `open` and `close` (its `Tracked`) and one for `message`
+ * (its `Session`), and sockets that never open are let go by one sweep timer, not one timer each.
  */
 import { type Broadcaster, type ClientSocket, CloseCode } from "./broadcaster.ts";
 import type { GatewayMetrics } from "./metrics.ts";
@@ -21,16 +25,41 @@ export interface SessionsOptions {
   readonly openTimeoutMs?: number;
 }
 
+/** What `Tracked` tells the session on its socket (a refused one only needs `opened`). */
+interface SessionHooks {
+  opened(): void;
+  closed?(event: Event): void;
+}
+
+/** One held socket: its open/close listener, and since when it waits to open. */
+class Tracked {
+  hooks: SessionHooks | undefined;
+  constructor(
+    readonly socket: UpgradedSocket,
+    readonly sessions: Sessions,
+    readonly trackedAt: number,
+  ) {}
+
+  handleEvent(event: Event): void {
+    if (event.type === "open") this.sessions.opened(this);
+    else this.sessions.closed(this, event);
+  }
+}
+
 /** Every socket from its upgrade until its close event (or until released unopened). */
 export class Sessions {
-  readonly #held = new Set<UpgradedSocket>();
-  readonly #openTimers = new Map<UpgradedSocket, ReturnType<typeof setTimeout>>();
+  readonly #held = new Map<UpgradedSocket, Tracked>();
+  /** Sockets not yet open, in the order they were tracked: the oldest first. */
+  readonly #opening = new Set<Tracked>();
   readonly #options: SessionsOptions;
+  readonly #openTimeoutMs: number;
+  #sweepTimer: ReturnType<typeof setTimeout> | undefined;
   #closeAllWith: { code: number; reason: string } | undefined;
   #emptied: PromiseWithResolvers<void> | undefined;
 
   constructor(options: SessionsOptions) {
     this.#options = options;
+    this.#openTimeoutMs = options.openTimeoutMs ?? DEFAULT_OPEN_TIMEOUT_MS;
   }
 
   /** Sockets that count against the connection limit: opening, open, or closing. */
@@ -40,27 +69,20 @@ export class Sessions {
 
   /** Counts a socket from its upgrade; `close` must follow, or the open bound releases it. */
   track(socket: UpgradedSocket): void {
-    this.#held.add(socket);
+    if (this.#held.has(socket)) return;
+    const tracked = new Tracked(socket, this, performance.now());
+    this.#held.set(socket, tracked);
+    this.#opening.add(tracked);
     this.#options.metrics.socketsHeld.set(this.#held.size);
-    const timer = setTimeout(() => {
-      if (!this.#openTimers.delete(socket)) return;
-      this.#options.metrics.upgradesAbandoned.inc();
-      this.#release(socket);
-    }, this.#options.openTimeoutMs ?? DEFAULT_OPEN_TIMEOUT_MS);
-    this.#openTimers.set(socket, timer);
-    socket.addEventListener("open", () => {
-      clearTimeout(this.#openTimers.get(socket));
-      this.#openTimers.delete(socket);
-      // Opened after shutdown began: it gets the same goodbye as the others.
-      if (this.#closeAllWith) {
-        this.close(socket, this.#closeAllWith.code, this.#closeAllWith.reason);
-      }
-    });
-    socket.addEventListener("close", () => {
-      clearTimeout(this.#openTimers.get(socket));
-      this.#openTimers.delete(socket);
-      this.#release(socket);
-    });
+    socket.addEventListener("open", tracked);
+    socket.addEventListener("close", tracked);
+    this.#sweepTimer ??= setTimeout(() => this.#sweep(), this.#openTimeoutMs);
+  }
+
+  /** Gives the session on a tracked socket its open/close hooks (startSession, refuseSession). */
+  attach(socket: UpgradedSocket, hooks: SessionHooks): void {
+    if (!this.#held.has(socket)) this.track(socket);
+    this.#held.get(socket)!.hooks = hooks;
   }
 
   /** Starts the close handshake; the socket stays counted until its close event. */
@@ -76,7 +98,7 @@ export class Sessions {
   /** Closes every socket (and any that opens later) with `code`; resolves when all are gone. */
   closeAll(code: number, reason: string): Promise<void> {
     this.#closeAllWith = { code, reason };
-    for (const socket of [...this.#held]) {
+    for (const socket of [...this.#held.keys()]) {
       if (socket.readyState === 1) this.close(socket, code, reason);
     }
     return this.idle();
@@ -89,8 +111,51 @@ export class Sessions {
     return this.#emptied.promise;
   }
 
+  /** @internal Called by a socket's Tracked on `open`. */
+  opened(tracked: Tracked): void {
+    this.#stopWaiting(tracked);
+    if (this.#closeAllWith) {
+      // Opened after shutdown began: it gets the same goodbye as the others.
+      this.close(tracked.socket, this.#closeAllWith.code, this.#closeAllWith.reason);
+    }
+    tracked.hooks?.opened();
+  }
+
+  /** @internal Called by a socket's Tracked on `close` (Deno may dispatch it twice). */
+  closed(tracked: Tracked, event: Event): void {
+    this.#stopWaiting(tracked);
+    tracked.hooks?.closed?.(event);
+    this.#release(tracked.socket);
+  }
+
+  /** Lets go of every socket past the open bound; re-arms for the oldest still opening. */
+  #sweep(): void {
+    this.#sweepTimer = undefined;
+    const now = performance.now();
+    for (const tracked of this.#opening) {
+      const waited = now - tracked.trackedAt;
+      if (waited < this.#openTimeoutMs) {
+        this.#sweepTimer = setTimeout(() => this.#sweep(), this.#openTimeoutMs - waited);
+        return;
+      }
+      this.#opening.delete(tracked);
+      this.#options.metrics.upgradesAbandoned.inc();
+      this.#release(tracked.socket);
+    }
+  }
+
+  /** The socket opened or closed: the open bound no longer applies to it. */
+  #stopWaiting(tracked: Tracked): void {
+    this.#opening.delete(tracked);
+    // No timer left behind once nothing waits (a test's timer sanitizer would see it).
+    if (this.#opening.size === 0 && this.#sweepTimer !== undefined) {
+      clearTimeout(this.#sweepTimer);
+      this.#sweepTimer = undefined;
+    }
+  }
+
   #release(socket: UpgradedSocket): void {
-    this.#held.delete(socket);
+    if (!this.#held.delete(socket)) return;
     this.#options.metrics.socketsHeld.set(this.#held.size);
     if (this.#held.size === 0 && this.#emptied) {
       this.#emptied.resolve();
@@ -120,70 +185,103 @@ const PONG = '{"type":"pong"}';
 /** Deno's reason when a client does not answer a ping within idleTimeout. */
 const IDLE_TIMEOUT_REASON = "No response from ping frame.";
 
-/** An authorized client: joins the broadcaster on open; frame rules; one close reason. */
-export function startSession(socket: UpgradedSocket, deps: SessionDeps): void {
-  let opened = false;
-  let windowStart = deps.now();
-  let framesInWindow = 0;
-  let closedBy: "protocol" | "idle_timeout" | "token_expired" | null = null;
-  let expiryTimer: ReturnType<typeof setTimeout> | undefined;
+type ClosedBy = "protocol" | "idle_timeout" | "token_expired" | null;
 
-  const closeFor = (code: number, reason: string, by: typeof closedBy = "protocol") => {
-    closedBy = by;
-    deps.broadcaster.remove(socket, "closed");
-    deps.sessions.close(socket, code, reason);
-  };
-  const expireAt = (atMs: number) => {
-    const wait = atMs - Date.now();
-    if (wait <= 0) return closeFor(TOKEN_EXPIRED.code, TOKEN_EXPIRED.reason, "token_expired");
-    expiryTimer = setTimeout(() => expireAt(atMs), Math.min(wait, MAX_TIMER_MS));
-  };
+/**
+ * Close reasons as label objects made once: a fresh object per close would be garbage on the
+ * connection path (the metric still formats the key; see the report on label lookups).
+ */
+const CLOSE_LABELS = {
+  client: { reason: "client" },
+  protocol: { reason: "protocol" },
+  idle_timeout: { reason: "idle_timeout" },
+  token_expired: { reason: "token_expired" },
+  send_error: { reason: "send_error" },
+  slow_consumer: { reason: "slow_consumer" },
+  shutdown: { reason: "shutdown" },
+} as const;
 
-  socket.addEventListener("open", () => {
-    if (socket.readyState !== 1) return; // closed at once (shutdown began while it opened)
-    opened = true;
-    deps.metrics.connectionsOpened.inc();
+/** An authorized client's state: frame rules on `message`, joins on open, one close reason. */
+class Session implements SessionHooks {
+  #opened = false;
+  #closeHandled = false;
+  #windowStart: number;
+  #framesInWindow = 0;
+  #closedBy: ClosedBy = null;
+  #expiryTimer: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(readonly socket: UpgradedSocket, readonly deps: SessionDeps) {
+    this.#windowStart = deps.now();
+  }
+
+  opened(): void {
+    if (this.socket.readyState !== 1) return; // closed at once (shutdown began while it opened)
+    this.#opened = true;
+    this.deps.metrics.connectionsOpened.inc();
     // Expired while it opened: closed before it is given any data.
-    if (deps.expiresAtMs !== undefined) expireAt(deps.expiresAtMs);
-    if (closedBy === null) deps.broadcaster.add(socket);
-  });
-  socket.addEventListener("message", (event) => {
+    if (this.deps.expiresAtMs !== undefined) this.#expireAt(this.deps.expiresAtMs);
+    if (this.#closedBy === null) this.deps.broadcaster.add(this.socket);
+  }
+
+  /** The `message` listener: every client frame is counted, checked and otherwise ignored. */
+  handleEvent(event: Event): void {
     const data = (event as MessageEvent).data;
+    const deps = this.deps;
     deps.metrics.clientFramesIgnored.inc();
     const t = deps.now();
-    if (t - windowStart >= 1000) {
-      windowStart = t;
-      framesInWindow = 0;
+    if (t - this.#windowStart >= 1000) {
+      this.#windowStart = t;
+      this.#framesInWindow = 0;
     }
-    if (++framesInWindow > deps.clientMaxFramesPerSecond) {
-      return closeFor(CloseCode.policyViolation, "too many frames");
+    if (++this.#framesInWindow > deps.clientMaxFramesPerSecond) {
+      return this.#closeFor(CloseCode.policyViolation, "too many frames");
     }
     if (typeof data !== "string") {
-      return closeFor(CloseCode.unsupportedData, "binary frames are not accepted");
+      return this.#closeFor(CloseCode.unsupportedData, "binary frames are not accepted");
     }
     if (data.length > deps.clientMaxFrameBytes) {
-      return closeFor(CloseCode.messageTooBig, "frame too big");
+      return this.#closeFor(CloseCode.messageTooBig, "frame too big");
     }
+    const socket = this.socket;
     if (isPing(data) && socket.readyState === 1 && socket.bufferedAmount === 0) {
       socket.send(PONG);
     }
-  });
-  let closeHandled = false;
-  socket.addEventListener("close", (event) => {
+  }
+
+  closed(event: Event): void {
     // Deno can dispatch close twice (after an idle timeout: 1001, then 1005); count once.
-    if (closeHandled || !opened) return;
-    closeHandled = true;
-    clearTimeout(expiryTimer);
-    if ((event as CloseEvent).reason === IDLE_TIMEOUT_REASON) closedBy = "idle_timeout";
-    deps.broadcaster.remove(socket, "closed");
-    const removedFor = deps.broadcaster.removalReason(socket);
-    const reason = closedBy ??
+    if (this.#closeHandled || !this.#opened) return;
+    this.#closeHandled = true;
+    clearTimeout(this.#expiryTimer);
+    if ((event as CloseEvent).reason === IDLE_TIMEOUT_REASON) this.#closedBy = "idle_timeout";
+    const broadcaster = this.deps.broadcaster;
+    broadcaster.remove(this.socket, "closed");
+    const removedFor = broadcaster.removalReason(this.socket);
+    const reason = this.#closedBy ??
       (removedFor === undefined || removedFor === "closed" ? "client" : removedFor);
-    deps.metrics.connectionsClosed.inc({ reason });
-  });
-  socket.addEventListener("error", () => {
-    // A close event follows; it does the bookkeeping.
-  });
+    this.deps.metrics.connectionsClosed.inc(CLOSE_LABELS[reason]);
+  }
+
+  #closeFor(code: number, reason: string, by: ClosedBy = "protocol"): void {
+    this.#closedBy = by;
+    this.deps.broadcaster.remove(this.socket, "closed");
+    this.deps.sessions.close(this.socket, code, reason);
+  }
+
+  #expireAt(atMs: number): void {
+    const wait = atMs - Date.now();
+    if (wait <= 0) {
+      return this.#closeFor(TOKEN_EXPIRED.code, TOKEN_EXPIRED.reason, "token_expired");
+    }
+    this.#expiryTimer = setTimeout(() => this.#expireAt(atMs), Math.min(wait, MAX_TIMER_MS));
+  }
+}
+
+/** An authorized client: joins the broadcaster on open; frame rules; one close reason. */
+export function startSession(socket: UpgradedSocket, deps: SessionDeps): void {
+  const session = new Session(socket, deps);
+  deps.sessions.attach(socket, session);
+  socket.addEventListener("message", session);
 }
 
 /** A refused client: accepted, then closed with 1008 and the refusal before any data. */
@@ -192,8 +290,8 @@ export function refuseSession(
   sessions: Sessions,
   reason: Refusal = "unauthorized",
 ): void {
-  socket.addEventListener("open", () => {
-    sessions.close(socket, CloseCode.policyViolation, reason);
+  sessions.attach(socket, {
+    opened: () => sessions.close(socket, CloseCode.policyViolation, reason),
   });
 }
 

@@ -88,7 +88,13 @@ function isJsonObject(bytes: Uint8Array): boolean {
 Deno.test(`fuzz: ${FUZZ_CASES} random and mutated NATS payloads never reach a client or crash the relay`, async () => {
   await using nats = await NatsServer.start();
   await using gateway = await startGateway(
-    testConfig(nats.url, { GATEWAY_MAX_PAYLOAD_BYTES: "4096" }),
+    // Published 50 at a time: one NATS batch would otherwise conflate the client (by design,
+    // GATEWAY_CLIENT_MAX_QUEUED_SNAPSHOTS); this test checks every valid payload arrives intact.
+    testConfig(nats.url, {
+      GATEWAY_MAX_PAYLOAD_BYTES: "4096",
+      GATEWAY_CLIENT_MAX_QUEUED_SNAPSHOTS: "0",
+      GATEWAY_CLIENT_MAX_QUEUE_MS: "0",
+    }),
     { logger: recordingLogger() },
   );
   await using publisher = await Publisher.connect(nats.url);

@@ -32,6 +32,7 @@ function world(rand: () => number) {
   const broadcaster = new Broadcaster({
     clientBufferBytes: 20 + Math.floor(rand() * 60),
     slowClientTimeoutMs: rand() < 0.2 ? 0 : 50 + Math.floor(rand() * 500),
+    clientMaxQueuedPayloads: Math.floor(rand() * 4),
     now: () => now,
     setInterval: (fn) => (tick = fn),
     clearInterval: () => (tick = undefined),

@@ -7,7 +7,7 @@ import { Broadcaster, CloseCode } from "../../lib/broadcaster.ts";
 import { FakeSocket } from "../helpers/fake_socket.ts";
 
 /** A broadcaster with a fake clock and drain ticks run by hand. */
-function setup(clientMaxQueueMs: number) {
+function setup(clientMaxQueueMs: number, clientMaxQueuedPayloads = 0) {
   let now = 0;
   let tick: (() => void) | undefined;
   const counts = { conflated: 0, slowClosed: 0 };
@@ -16,6 +16,7 @@ function setup(clientMaxQueueMs: number) {
       clientBufferBytes: 1_000_000, // far above anything queued here: only time bounds it
       slowClientTimeoutMs: 1000,
       clientMaxQueueMs,
+      clientMaxQueuedPayloads, // 0 unless a test is about the count bound
       now: () => now,
       setInterval: (f) => (tick = f),
       clearInterval: () => (tick = undefined),
@@ -100,4 +101,37 @@ Deno.test("a client whose queue stays too old is closed with 4008 after the slow
   tick();
   assert.deepEqual(s.closedWith, { code: CloseCode.slowConsumer, reason: "slow consumer" });
   assert.equal(counts.slowClosed, 1);
+});
+
+Deno.test("count bound: past N unwritten payloads a client is conflated, then gets the newest", () => {
+  // Deno writes queued frames only after JavaScript yields: a burst of messages handled in one
+  // go must not queue a copy of each for every client (each written late, then superseded).
+  const { b, counts, tick } = setup(0, 2);
+  const s = new FakeSocket();
+  b.add(s);
+  s.stalled = true;
+  for (let n = 1; n <= 6; n++) b.broadcast(payload(n)); // one burst, nothing written meanwhile
+  assert.deepEqual(s.sent, [payload(1), payload(2)]);
+  assert.equal(counts.conflated, 3, "3, 4 and 5 were superseded while it was behind");
+  tick();
+  assert.equal(s.sent.length, 2, "still two unwritten: nothing more yet");
+  s.consume(100); // payload 1 written: room for one more
+  tick();
+  assert.deepEqual(s.sent.slice(2), [payload(6)]);
+  b.closeAll(1001, "done");
+});
+
+Deno.test("count bound: a client whose payloads are written before the next is never held back", () => {
+  const { b, counts, ticking } = setup(0, 1);
+  const s = new FakeSocket();
+  b.add(s);
+  s.stalled = true;
+  for (let n = 1; n <= 200; n++) {
+    b.broadcast(payload(n));
+    s.consume(100);
+  }
+  assert.equal(s.sent.length, 200);
+  assert.equal(counts.conflated, 0);
+  assert.equal(ticking(), false);
+  b.closeAll(1001, "done");
 });
