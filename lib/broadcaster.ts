@@ -64,6 +64,8 @@ export interface BroadcasterOptions {
 
 /** What the Broadcaster reports; the gateway turns these into metrics and logs. */
 export interface BroadcasterEvents {
+  /** A socket joined (before it is sent the cached payload). */
+  joined?(socket: ClientSocket): void;
   delivered?(count: number, bytes: number): void;
   conflated?(): void;
   slowClientClosed?(): void;
@@ -148,6 +150,8 @@ export class Broadcaster {
       queueHead: 0,
     };
     this.#clients.set(socket, client);
+    this.#events.joined?.(socket);
+    if (!this.#clients.has(socket)) return; // the listener sent it elsewhere
     if (this.#latest !== null && this.#deliver(client, this.#latest)) {
       this.#events.delivered?.(1, this.#latestBytes);
     }

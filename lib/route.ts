@@ -8,7 +8,7 @@
  */
 import type { NatsConnection } from "@nats-io/transport-deno";
 import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
-import { Broadcaster } from "./broadcaster.ts";
+import { Broadcaster, type ClientSocket, CloseCode } from "./broadcaster.ts";
 import type { Config } from "./config.ts";
 import type { DeadLetters } from "./dead_letters.ts";
 import type { Logger } from "./log.ts";
@@ -162,11 +162,10 @@ export class Route {
     if (topic !== undefined) {
       this.#touch(key, topic);
     } else {
-      topic = this.#makeRoom() ? this.#addTopic(value) : undefined;
-      if (topic === undefined) return undefined;
-      const seeding = this.#seedValue(topic).finally(() => (created.seeding = undefined));
-      const created = topic;
-      created.seeding = seeding;
+      const created = this.#makeRoom() ? this.#addTopic(value) : undefined;
+      if (created === undefined) return undefined;
+      created.seeding = this.#seedValue(created).finally(() => (created.seeding = undefined));
+      topic = created;
     }
     const { broadcaster, seeding } = topic;
     // Synchronous for a value already held: no turn of the event loop before the upgrade.
@@ -217,6 +216,7 @@ export class Route {
         clientMaxQueuedPayloads: config.clientMaxQueuedSnapshots,
       },
       {
+        joined: (socket) => this.#joined(topic, socket),
         delivered: (count, bytes) => {
           metrics.deliveries.inc(label, count);
           metrics.bytesSent.inc(label, bytes);
@@ -229,7 +229,30 @@ export class Route {
         },
       },
     );
-    return new Topic(value, broadcaster);
+    const topic = new Topic(value, broadcaster);
+    return topic;
+  }
+
+  /**
+   * A client joined `topic` at its open. If the value was dropped between its upgrade and its
+   * open (at the bound, by another value), the topic is held again; if the value was meanwhile
+   * made anew, the client is told to come back (1013) rather than left on a cache no message
+   * reaches.
+   */
+  #joined(topic: Topic, socket: ClientSocket): void {
+    const key = topic.value ?? "";
+    const current = this.#topics.get(key);
+    if (current === topic) return;
+    if (current === undefined) {
+      this.#topics.set(key, topic);
+      return;
+    }
+    topic.broadcaster.remove(socket);
+    try {
+      socket.close(CloseCode.tryAgainLater, "try again");
+    } catch {
+      // Already closing.
+    }
   }
 
   #addTopic(value: string | null): Topic {
@@ -244,11 +267,14 @@ export class Route {
     this.#topics.set(key, topic);
   }
 
-  /** Below the bound, or the least recently used value without clients was dropped. */
+  /**
+   * Below the bound, or the least recently used value without clients (and not being seeded)
+   * was dropped. A client upgraded for a dropped value joins it back (see #joined).
+   */
   #makeRoom(): boolean {
     if (this.#topics.size < this.#ctx.config.routeMaxValues) return true;
     for (const [key, topic] of this.#topics) {
-      if (topic.broadcaster.size === 0) {
+      if (topic.broadcaster.size === 0 && topic.seeding === undefined) {
         this.#topics.delete(key);
         return true;
       }

@@ -15,6 +15,7 @@ import {
 import { scrape, value } from "../helpers/metrics.ts";
 import { GatewayProcess } from "../helpers/process.ts";
 import { randomSecret, signToken } from "../helpers/jwt.ts";
+import { FakeSocket } from "../helpers/fake_socket.ts";
 
 const TWO_ROUTES = "/ws/stream=levels.signals,/ws/flow=market.flow";
 const SYMBOLS = "/ws/levels/{symbol}=levels.{symbol}.signals";
@@ -290,4 +291,35 @@ Deno.test("a token's routes claim admits it to the routes it names and no other"
   assert.equal(closed.code, 1008);
   assert.equal(closed.reason, "forbidden");
   assert.deepEqual(refused.messages, [], "not one payload byte");
+});
+
+Deno.test("a value dropped between a client's upgrade and its open is held again, never orphaned", async () => {
+  await using nats = await NatsServer.start();
+  await using publisher = await Publisher.connect(nats.url);
+  await symbolStream(publisher);
+  await using gateway = await startGateway(
+    testConfig(nats.url, { GATEWAY_ROUTES: SYMBOLS, GATEWAY_ROUTE_MAX_VALUES: "1" }),
+    { logger: recordingLogger() },
+  );
+  const [route] = gateway.routes;
+  // Upgraded for SPY, not yet open; then QQQ takes the only place.
+  const spy = (await route.broadcasterFor("SPY"))!;
+  const qqq = (await route.broadcasterFor("QQQ"))!;
+  assert.equal(route.valuesHeld, 1);
+  const late = new FakeSocket();
+  spy.add(late); // SPY's client opens: SPY is held again, over the bound by the joining client
+  assert.equal(route.valuesHeld, 2);
+  await publisher.publish(signal(1, { symbol: "SPY" }), "levels.SPY.signals");
+  await eventually(() => late.sent.length === 1, "SPY's message reaches the late client");
+  // SPY dropped, then made anew for another client: a client upgraded for the old one is told
+  // to come back (1013) rather than left on a cache no message reaches.
+  spy.remove(late);
+  await route.broadcasterFor("IWM"); // drops QQQ (no clients)
+  await route.broadcasterFor("TSLA"); // drops SPY
+  const respawned = await route.broadcasterFor("SPY"); // drops IWM, makes SPY anew
+  assert.ok(respawned !== undefined && respawned !== spy);
+  const orphan = new FakeSocket();
+  spy.add(orphan);
+  assert.equal(orphan.closedWith?.code, 1013);
+  assert.deepEqual(orphan.sent, [], "nothing from the dropped cache");
 });
