@@ -76,6 +76,8 @@ export class Route {
   readonly #consuming = Promise.withResolvers<void>();
   readonly #logInvalid: (msg: string, fields?: Record<string, unknown>) => void;
   #consumer: SnapshotConsumer | undefined;
+  /** For seeding values at first use; made once at start. */
+  #jsm: JetStreamManager | undefined;
   #relaying: Promise<void> = Promise.resolve();
   #lagTimer: ReturnType<typeof setInterval> | undefined;
   #consumerActive = false;
@@ -119,6 +121,7 @@ export class Route {
   async start(): Promise<void> {
     const { nc, config, spec, logger, signal } = this.#ctx;
     const jsm = await jetstreamManager(nc);
+    this.#jsm = jsm;
     const seeded = this.templated
       ? await this.#readStreamIdentity(jsm)
       : await this.#seedFixed(jsm);
@@ -320,8 +323,7 @@ export class Route {
   async #seedValue(topic: Topic): Promise<void> {
     const subject = this.#ctx.table.subjectFor(this.spec, topic.value);
     try {
-      const jsm = await jetstreamManager(this.#ctx.nc, { checkAPI: false });
-      await this.#seedTopic(jsm, topic, subject);
+      await this.#seedTopic(this.#jsm!, topic, subject);
     } catch (err) {
       // The client still joins; it gets the value's next message.
       this.#ctx.logger.debug("no stored message to seed the cache", { subject, error: err });
