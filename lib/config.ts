@@ -127,7 +127,10 @@ export interface Config {
    * GATEWAY_CLIENT_MAX_QUEUED_SNAPSHOTS: how many snapshots a client may have waiting in Deno's
    * send queue (not yet written to the kernel); a new one beyond that conflates it: it gets the
    * newest once it has room. Deno writes queued frames only when JavaScript yields, so under
-   * overload a queue of old snapshots is what ages a screen. Default 4. 0: no count bound.
+   * overload a queue of old snapshots is what ages a screen. Default 0: no count bound — a
+   * batch NATS delivers at once (after a reconnect or a failover) would otherwise be conflated
+   * for every client, breaking "every message in order" for clients that keep up; 4 is what the
+   * overload figures in bench/README.md were measured with.
    */
   readonly clientMaxQueuedSnapshots: number;
   /** GATEWAY_MAX_CONNECTIONS: past it, upgrades get HTTP 503. Default 10000; 0 means no limit. */
@@ -647,7 +650,7 @@ export function parseConfig(env: Env, cpus = navigator.hardwareConcurrency): Con
       0,
     ),
     clientMaxQueueMs: readInteger(env, "GATEWAY_CLIENT_MAX_QUEUE_MS", 100, 0, 60_000),
-    clientMaxQueuedSnapshots: readInteger(env, "GATEWAY_CLIENT_MAX_QUEUED_SNAPSHOTS", 4, 0, 10_000),
+    clientMaxQueuedSnapshots: readInteger(env, "GATEWAY_CLIENT_MAX_QUEUED_SNAPSHOTS", 0, 0, 10_000),
     maxConnections: readInteger(env, "GATEWAY_MAX_CONNECTIONS", 10_000, 0),
     idleTimeoutSeconds: readInteger(env, "GATEWAY_IDLE_TIMEOUT_S", 30, 0, 3600),
     clientMaxFrameBytes: readInteger(
