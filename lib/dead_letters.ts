@@ -5,15 +5,18 @@
  * plain publish when no stream captures it.
  */
 import { headers, type NatsConnection } from "@nats-io/transport-deno";
-import { jetstream, type JetStreamClient, type PubAck } from "@nats-io/jetstream";
+import { jetstream, type JetStreamClient } from "@nats-io/jetstream";
 import { type Logger, rateLimited } from "./log.ts";
 import { ask } from "./nats/streams.ts";
 import { delay } from "./util.ts";
 
 /** How long the answer "does a stream capture the dead-letter subject?" is kept. */
 const STREAM_RECHECK_MS = 60_000;
-/** A dead letter lost to a NATS restart is sent again: attempts, each waiting this long. */
-const ATTEMPTS = 5;
+/**
+ * A dead letter lost to a NATS restart is sent again, for this long (JetStream can take a while
+ * to take writes after a restart), each attempt waiting TIMEOUT_MS, pauses growing to 5 s.
+ */
+const RETRY_FOR_MS = 60_000;
 const TIMEOUT_MS = 2_000;
 
 /** Where an invalid payload came from. */
@@ -39,58 +42,45 @@ export class DeadLetters {
     this.#logFailure = rateLimited(logger.warn, 10_000);
   }
 
-  /** Publishes; resolves true when a new copy was stored or sent (false: duplicate or failed). */
+  /**
+   * Publishes; resolves true when a new copy was stored or sent (false: duplicate or failed).
+   * Retried (lookup included) for RETRY_FOR_MS: each message is dead-lettered once per gateway,
+   * so one lost to a NATS restart must be sent again; the message id keeps retries to one copy.
+   */
   async publish(data: Uint8Array, origin: DeadLetterOrigin): Promise<boolean> {
     const h = headers();
     h.set("Gateway-Reason", origin.reason);
     h.set("Gateway-Subject", origin.subject);
     h.set("Gateway-Stream", origin.stream);
     h.set("Gateway-Stream-Sequence", String(origin.streamSequence));
-    try {
-      if (!(await this.#streamExists())) {
-        this.nc.publish(this.subject, data, { headers: h });
-        return true;
-      }
-      const ack = await this.#publishStored(data, h, `${origin.stream}:${origin.streamSequence}`);
-      if (ack?.duplicate) {
-        this.logger.debug("dead letter already stored by another replica", {
-          stream_seq: origin.streamSequence,
-        });
-      }
-      return ack !== undefined && !ack.duplicate;
-    } catch (err) {
-      // Too large for the server, or the connection is closing: it stays counted as invalid.
-      this.#logFailure("dead-letter publish failed", {
-        error: err,
-        stream_seq: origin.streamSequence,
-      });
-      return false;
-    }
-  }
-
-  /**
-   * A stored dead letter, retried: each message is dead-lettered once per gateway, so a publish
-   * lost to a NATS restart must be sent again (the message id keeps retries to one copy).
-   */
-  async #publishStored(
-    data: Uint8Array,
-    h: ReturnType<typeof headers>,
-    msgID: string,
-  ): Promise<PubAck | undefined> {
-    for (let attempt = 1; attempt <= ATTEMPTS && !this.signal.aborted; attempt++) {
+    const msgID = `${origin.stream}:${origin.streamSequence}`;
+    const deadline = Date.now() + RETRY_FOR_MS;
+    for (let attempt = 1; !this.signal.aborted; attempt++) {
       try {
-        return await this.#js.publish(this.subject, data, {
+        if (!(await this.#streamExists())) {
+          this.nc.publish(this.subject, data, { headers: h });
+          return true;
+        }
+        const ack = await this.#js.publish(this.subject, data, {
           headers: h,
           msgID,
           timeout: TIMEOUT_MS,
         });
+        if (ack.duplicate) {
+          this.logger.debug("dead letter already stored by another replica", { msg_id: msgID });
+        }
+        return !ack.duplicate;
       } catch (err) {
-        if (attempt === ATTEMPTS) {
+        // A timeout or a restart in progress is retried; too large for the server is not.
+        if (Date.now() >= deadline || /max.?payload|too large/i.test(String(err))) {
+          // It stays counted as invalid.
           this.#logFailure("dead-letter publish failed", { error: err, msg_id: msgID });
-        } else await delay(500 * attempt, this.signal);
+          return false;
+        }
+        await delay(Math.min(500 * attempt, 5_000), this.signal);
       }
     }
-    return undefined;
+    return false;
   }
 
   /** Whether a stream captures the dead-letter subject; asked at most once a minute. */

@@ -76,7 +76,10 @@ export interface BusMessage {
 export type ConsumerStatus =
   /** A consumer exists and delivers; `restarts` counts the recreations before it. */
   | { readonly type: "consuming"; readonly newestAtStart: number; readonly restarts: number }
-  /** The current consumer stopped delivering (or could not be created) and is being replaced. */
+  /**
+   * Not delivering: NATS disconnected (the consumer may be kept after the reconnect), or the
+   * current consumer stopped (or could not be created) and is being replaced.
+   */
   | { readonly type: "interrupted"; readonly reason: string }
   /** A replacement is about to be created. */
   | { readonly type: "restarting"; readonly reason: string; readonly restarts: number };
@@ -146,6 +149,11 @@ export class SnapshotConsumer implements AsyncIterable<BusMessage> {
     const connectionEvents = nc.status();
     void (async () => {
       for await (const s of connectionEvents) {
+        // Not delivering until the reconnect shows the consumer kept (or replaced): until then
+        // nobody may count on it, so status says interrupted.
+        if (s.type === "disconnect" && this.#current !== undefined) {
+          this.#emit({ type: "interrupted", reason: "nats disconnected" });
+        }
         if (s.type === "reconnect") void this.#keepIfAlive();
       }
     })();

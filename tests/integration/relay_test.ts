@@ -234,7 +234,7 @@ Deno.test("dead letters: one per message across consumer restarts and across rep
   await eventually(
     async () => (await jsm.streams.info("DEAD_LETTERS")).state.messages >= 1,
     "a dead letter stored",
-    20_000,
+    40_000,
   );
   const { state } = await jsm.streams.info("DEAD_LETTERS");
   assert.equal(state.messages, 1, "one dead letter, whoever published it and however often");
