@@ -234,7 +234,12 @@ async function failover(victim: NatsServer, watchers: Watchers): Promise<Failove
     "healthy again",
   );
   const firstStored = publisher.ackedAt.find((at) => at !== undefined && at >= killedAt)!;
-  await eventually(() => api.answers.some((a) => a.sentAt >= killedAt), "the JetStream API");
+  // The probe's own connection may be the one the kill cut: its answer can come late.
+  await eventually(
+    () => api.answers.some((a) => a.sentAt >= killedAt),
+    "the JetStream API",
+    45_000,
+  );
   const apiAgain = api.answers.find((a) => a.sentAt >= killedAt)!;
   const trace = logLines
     .map((l) => ({ l, at: Date.parse(String(l.ts)) - killedAt }))
