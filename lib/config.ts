@@ -94,10 +94,6 @@ export interface Config {
   readonly routeMaxValues: number;
   /** GATEWAY_VIEWER: serve the live viewer page at `/`. Default true; false: `/` is 404. */
   readonly viewer: boolean;
-  /** The first route's subject (GATEWAY_SUBJECT when GATEWAY_ROUTES is unset). Being removed. */
-  readonly subject: string;
-  /** The first route's stream, or `LEVEL_SIGNALS` when it names none. Being removed. */
-  readonly stream: string;
   /**
    * GATEWAY_DURABLE: durable consumer name. Default empty: each instance uses its own
    * ordered consumer starting at the latest message (see README "Consumer design").
@@ -621,8 +617,6 @@ export function parseConfig(env: Env, cpus = navigator.hardwareConcurrency): Con
     routes,
     routeMaxValues: readInteger(env, "GATEWAY_ROUTE_MAX_VALUES", 1000, 1, 1_000_000),
     viewer: readBoolean(env, "GATEWAY_VIEWER", true),
-    subject: routes[0].subject,
-    stream: routes[0].stream ?? LEGACY_STREAM,
     durableName: readMatching(
       env,
       "GATEWAY_DURABLE",

@@ -47,8 +47,11 @@ type PlatformStream = (typeof PLATFORM_STREAMS)[number];
 
 /** What stream setup reads from the configuration. */
 export type StreamSettings =
-  & Pick<Config, "createStreams" | "streamReplicas" | "stream" | "subject">
+  & Pick<Config, "createStreams" | "streamReplicas">
   & {
+    /** The stream a route reads, and the subject (or wildcard filter) it must capture. */
+    readonly stream: string;
+    readonly subject: string;
     /** The route's path, for messages that say which GATEWAY_ROUTES entry to change. */
     readonly route?: string;
   };

@@ -16,8 +16,8 @@ Deno.test("parseConfig gives the documented defaults for an empty environment", 
   assert.deepEqual(config.natsServers, ["nats://localhost:4222"]);
   assert.equal(config.host, "0.0.0.0");
   assert.equal(config.port, 8000);
-  assert.equal(config.subject, "levels.signals");
-  assert.equal(config.stream, "LEVEL_SIGNALS");
+  assert.equal(config.routes[0].subject, "levels.signals");
+  assert.equal(config.routes[0].stream, "LEVEL_SIGNALS");
   assert.equal(config.durableName, "");
   assert.equal(config.logLevel, "info");
   assert.equal(config.workers, 1);
@@ -336,8 +336,8 @@ Deno.test("parseConfig: GATEWAY_SUBJECT/GATEWAY_STREAM still make the one defaul
   assert.deepEqual(legacy.routes.map((r) => [r.path, r.subject, r.stream]), [
     ["/ws/stream", "a.b", "S"],
   ]);
-  assert.equal(legacy.subject, "a.b");
-  assert.equal(legacy.stream, "S");
+  assert.equal(legacy.routes[0].subject, "a.b");
+  assert.equal(legacy.routes[0].stream, "S");
   assert.throws(() => parseConfig({ GATEWAY_SUBJECT: "a..b" }), {
     name: "ConfigError",
     message: /^GATEWAY_SUBJECT entry 1 "\/ws\/stream=a\.\.b@LEVEL_SIGNALS": .*empty token/,
@@ -353,8 +353,7 @@ Deno.test("parseConfig reads GATEWAY_ROUTES; subject and stream are the first ro
     ["/ws/flow", null, "market.flow"],
     ["/ws/levels/{symbol}", "LEVELS", "levels.*.signals"],
   ]);
-  assert.equal(config.subject, "market.flow");
-  assert.equal(config.stream, "LEVEL_SIGNALS", "a route without @STREAM: the old default");
+  assert.equal(config.routes[0].subject, "market.flow");
   assert.equal(config.routeMaxValues, 5);
   assert.throws(() => parseConfig({ GATEWAY_ROUTES: "/ws/a=a,/ws/a=b" }), {
     name: "ConfigError",
@@ -375,8 +374,11 @@ Deno.test("parseConfig refuses GATEWAY_ROUTES beside GATEWAY_SUBJECT/STREAM, say
     message: /with GATEWAY_STREAM: .*GATEWAY_ROUTES=\/ws\/stream=levels\.signals@S/,
   });
   // Empty values count as unset, as for every other variable.
-  assert.equal(parseConfig({ GATEWAY_ROUTES: "/ws/a=a", GATEWAY_SUBJECT: " " }).subject, "a");
-  assert.equal(parseConfig({ GATEWAY_ROUTES: " ", GATEWAY_SUBJECT: "q" }).subject, "q");
+  assert.equal(
+    parseConfig({ GATEWAY_ROUTES: "/ws/a=a", GATEWAY_SUBJECT: " " }).routes[0].subject,
+    "a",
+  );
+  assert.equal(parseConfig({ GATEWAY_ROUTES: " ", GATEWAY_SUBJECT: "q" }).routes[0].subject, "q");
 });
 
 Deno.test("parseConfig refuses a dead-letter subject any route relays", () => {
