@@ -46,7 +46,7 @@ export interface BroadcasterOptions {
   /**
    * How many payloads a client may have waiting in Deno's queue (not yet handed to the kernel)
    * when a new one comes: past that it is conflated, and the drain sends it the newest once
-   * it has room. Default 4: a burst of a few messages on a loop that keeps up is queued whole.
+   * it has room — only while the gateway's loop is behind (`loop`). Default 4.
    * Deno writes queued frames only when JavaScript yields, and under overload the messages
    * that waited meanwhile arrive in one burst: with the byte bound alone each burst queued up
    * to ~31 snapshots per client (256 KiB), all written late and then superseded, and the
@@ -54,6 +54,12 @@ export interface BroadcasterOptions {
    * this (a burst takes milliseconds). 0: the byte and time bounds alone.
    */
   readonly clientMaxQueuedPayloads?: number;
+  /**
+   * Whether the gateway's loop is behind (lib/loop_lag.ts): the count bound holds only then, so
+   * a burst on a loop that keeps up (a publisher's, a reconnect's catch-up) reaches every client
+   * whole. A new payload that the bound holds back calls `sustain()`. Absent: always holds.
+   */
+  readonly loop?: { readonly behind: boolean; sustain(): void };
   /** How often clients that are behind are checked for room. Default 20 ms. */
   readonly drainCheckMs?: number;
   readonly now?: () => number;
@@ -67,7 +73,8 @@ export interface BroadcasterEvents {
   /** A socket joined (before it is sent the cached payload). */
   joined?(socket: ClientSocket): void;
   delivered?(count: number, bytes: number): void;
-  conflated?(): void;
+  /** `count` payloads owed to clients that were behind were superseded before they had room. */
+  conflated?(count: number): void;
   slowClientClosed?(): void;
   sendFailed?(error: unknown): void;
 }
@@ -110,6 +117,7 @@ export class Broadcaster {
       drainCheckMs: 20,
       clientMaxQueueMs: 0,
       clientMaxQueuedPayloads: 4,
+      loop: { behind: true, sustain: () => {} },
       now: Date.now,
       setInterval: (tick, ms) => setInterval(tick, ms),
       clearInterval: (id) => clearInterval(id as ReturnType<typeof setInterval>),
@@ -182,10 +190,18 @@ export class Broadcaster {
     this.#latestBytes = byteLength;
     this.#generation++;
     let delivered = 0;
+    let superseded = 0;
     for (const client of this.#clients.values()) {
-      if (this.#deliver(client, payload)) delivered++;
+      if (client.behindSince >= 0) {
+        // Owed the newest already: the drain sends it once there is room. Not asked again here,
+        // so a payload costs a client that is behind (all of them, under overload) no op call.
+        superseded++;
+      } else if (this.#deliver(client, payload)) {
+        delivered++;
+      }
     }
     if (delivered > 0) this.#events.delivered?.(delivered, delivered * byteLength);
+    if (superseded > 0) this.#events.conflated?.(superseded);
   }
 
   /** Closes every client with `code` and forgets them. */
@@ -209,10 +225,8 @@ export class Broadcaster {
       return false;
     }
     const queued = socket.bufferedAmount;
-    if (queued > 0 && this.#overBound(client, queued, payload.length)) {
-      // Already owed a payload: that one is now superseded.
-      if (this.#behind.has(client)) this.#events.conflated?.();
-      if (client.behindSince < 0) client.behindSince = this.#options.now();
+    if (queued > 0 && this.#overBound(client, queued, payload.length, true)) {
+      client.behindSince = this.#options.now();
       this.#behind.add(client);
       if (this.#options.slowClientTimeoutMs === 0) {
         this.#closeSlow(client);
@@ -224,13 +238,25 @@ export class Broadcaster {
     return this.#send(client, payload, queued);
   }
 
-  /** Whether a client with `queued` bytes waiting must not be sent `bytes` more now. */
-  #overBound(client: Client, queued: number, bytes: number): boolean {
-    const maxQueued = this.#options.clientMaxQueuedPayloads;
-    // bufferedAmount counts UTF-8 bytes: compared with the payload's UTF-8 size, not its length.
-    return (maxQueued > 0 && queued >= maxQueued * this.#latestBytes) ||
+  /**
+   * Whether a client with `queued` bytes waiting must not be sent `bytes` more now. `fresh`: a
+   * new payload (not the drain's retry), which keeps the loop counted as behind if held back.
+   */
+  #overBound(client: Client, queued: number, bytes: number, fresh = false): boolean {
+    return this.#overCount(queued, fresh) ||
       queued + bytes > this.#options.clientBufferBytes ||
       this.#tooOld(client, queued);
+  }
+
+  /** The count bound: only while the loop is behind (see `loop`). */
+  #overCount(queued: number, fresh: boolean): boolean {
+    const maxQueued = this.#options.clientMaxQueuedPayloads;
+    // bufferedAmount counts UTF-8 bytes: compared with the payload's UTF-8 size, not its length.
+    if (maxQueued === 0 || queued < maxQueued * this.#latestBytes) return false;
+    const loop = this.#options.loop;
+    if (!loop.behind) return false;
+    if (fresh) loop.sustain();
+    return true;
   }
 
   /** Sends the newest payload; a client sent it is owed nothing, so it leaves the behind set. */

@@ -75,8 +75,8 @@ export const VARIABLE_HELP: Readonly<Record<string, readonly [string, string]>> 
   GATEWAY_SLOW_CLIENT_TIMEOUT_MS: ["10000", "a client over its buffer this long is closed (4008)"],
   GATEWAY_CLIENT_MAX_QUEUE_MS: ["100", "a snapshot queued longer conflates the client; 0 = off"],
   GATEWAY_CLIENT_MAX_QUEUED_SNAPSHOTS: [
-    "0",
-    "snapshots waiting in Deno's queue before conflation; 0 = off",
+    "4",
+    "while the gateway is behind, unwritten snapshots before conflation; 0 = off",
   ],
   GATEWAY_MAX_CONNECTIONS: ["10000", "past it, upgrades get HTTP 503; 0 = no limit"],
   GATEWAY_IDLE_TIMEOUT_S: ["30", "ping interval; no pong in time closes the client; 0 = off"],

@@ -123,10 +123,10 @@ export interface Config {
    * GATEWAY_CLIENT_MAX_QUEUED_SNAPSHOTS: how many snapshots a client may have waiting in Deno's
    * send queue (not yet written to the kernel); a new one beyond that conflates it: it gets the
    * newest once it has room. Deno writes queued frames only when JavaScript yields, so under
-   * overload a queue of old snapshots is what ages a screen. Default 0: no count bound — a
-   * batch NATS delivers at once (after a reconnect or a failover) would otherwise be conflated
-   * for every client, breaking "every message in order" for clients that keep up; 4 is what the
-   * overload figures in bench/README.md were measured with.
+   * overload a queue of old snapshots is what ages a screen. It holds only while the gateway's
+   * event loop is behind (a tick more than GATEWAY_CLIENT_MAX_QUEUE_MS late, or 100 ms when
+   * that is 0; lib/loop_lag.ts): a burst on a loop that keeps up (a publisher's, the batch a
+   * kept consumer delivers after a reconnect) reaches every client whole. Default 4. 0: off.
    */
   readonly clientMaxQueuedSnapshots: number;
   /** GATEWAY_MAX_CONNECTIONS: past it, upgrades get HTTP 503. Default 10000; 0 means no limit. */
@@ -644,7 +644,7 @@ export function parseConfig(env: Env, cpus = navigator.hardwareConcurrency): Con
       0,
     ),
     clientMaxQueueMs: readInteger(env, "GATEWAY_CLIENT_MAX_QUEUE_MS", 100, 0, 60_000),
-    clientMaxQueuedSnapshots: readInteger(env, "GATEWAY_CLIENT_MAX_QUEUED_SNAPSHOTS", 0, 0, 10_000),
+    clientMaxQueuedSnapshots: readInteger(env, "GATEWAY_CLIENT_MAX_QUEUED_SNAPSHOTS", 4, 0, 10_000),
     maxConnections: readInteger(env, "GATEWAY_MAX_CONNECTIONS", 10_000, 0),
     idleTimeoutSeconds: readInteger(env, "GATEWAY_IDLE_TIMEOUT_S", 30, 0, 3600),
     clientMaxFrameBytes: readInteger(

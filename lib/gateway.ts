@@ -10,7 +10,8 @@ import type { Config } from "./config.ts";
 import { DeadLetters } from "./dead_letters.ts";
 import { connectionCap, readFdLimit, type ResilientServer, serveResilient } from "./fd_limit.ts";
 import type { HealthReport, InstanceReport, LocalState, ProcessView } from "./health.ts";
-import { createLogger, type Logger } from "./log.ts";
+import { createLogger, type Logger, rateLimited } from "./log.ts";
+import { LoopLag } from "./loop_lag.ts";
 import { GatewayMetrics } from "./metrics.ts";
 import { connectNats, NatsUnavailableError } from "./nats/connection.ts";
 import { findStream, platformStreamFor, setUpStreams, StreamSetupError } from "./nats/streams.ts";
@@ -101,6 +102,7 @@ class RunningInstance implements Gateway {
   readonly #nats: NatsWatch;
   readonly #sessions: Sessions;
   readonly #servers: ResilientServer[] = [];
+  readonly #loop: LoopLag;
   #shuttingDown: Promise<void> | undefined;
 
   constructor(config: Config, options: GatewayOptions, logger: Logger, nc: NatsConnection) {
@@ -113,7 +115,12 @@ class RunningInstance implements Gateway {
       undefined,
       config.routes.map((route) => route.path),
     );
-    this.metrics.onSnapshot(() => this.routes.forEach((route) => route.updateGauges()));
+    this.#loop = this.#watchLoop();
+    this.metrics.onSnapshot(() => {
+      this.routes.forEach((route) => route.updateGauges());
+      this.metrics.eventLoopLate.set(this.#loop.worstLateMs / 1000);
+      this.metrics.loadShedding.set(this.#loop.behind ? 1 : 0);
+    });
     this.metrics.startTime.set(Math.floor(this.#startedAt / 1000));
     this.metrics.natsConnected.set(1);
     this.#nats = watchNats(nc, config, logger, this.metrics, this.#abort.signal);
@@ -126,6 +133,27 @@ class RunningInstance implements Gateway {
 
   readonly #routesFailed: (error: Error) => void;
 
+  /** When the loop runs late the count bound holds (lib/loop_lag.ts); said in the log. */
+  #watchLoop(): LoopLag {
+    const config = this.#config;
+    const lateMs = config.clientMaxQueueMs > 0 ? config.clientMaxQueueMs : 100;
+    const behind = rateLimited(this.#logger.warn, 10_000);
+    const caughtUp = rateLimited(this.#logger.info, 10_000);
+    return new LoopLag({
+      lateMs,
+      changed: (isBehind, late) => {
+        if (isBehind) {
+          behind("gateway behind: clients with this many unwritten snapshots get only the newest", {
+            loop_late_ms: Math.round(late),
+            max_queued_snapshots: config.clientMaxQueuedSnapshots,
+          });
+        } else {
+          caughtUp("gateway caught up");
+        }
+      },
+    });
+  }
+
   get addr(): Deno.NetAddr {
     return this.#servers[0].addr;
   }
@@ -137,6 +165,7 @@ class RunningInstance implements Gateway {
   /** Streams, routes (each consuming before anyone is served), then the listeners. */
   async start(): Promise<void> {
     const config = this.#config;
+    if (config.clientMaxQueuedSnapshots > 0) this.#loop.start();
     const streams = await resolveStreams(this.#nc, config, this.#logger);
     const table = new RouteTable(config.routes);
     const deadLetters = config.deadLetterSubject
@@ -155,6 +184,7 @@ class RunningInstance implements Gateway {
         ...(deadLetters ? { deadLetters } : {}),
         signal: this.#abort.signal,
         natsConnected: () => this.#nats.connected,
+        loop: this.#loop,
       });
       void route.failed.then(this.#routesFailed);
       this.routes.push(route);
@@ -238,6 +268,7 @@ class RunningInstance implements Gateway {
   /** Startup failed: stop what was started, quietly. */
   async abandon(): Promise<void> {
     this.#abort.abort();
+    this.#loop.stop();
     await Promise.all(this.#servers.map((server) => server.shutdown().catch(() => {})));
     await this.#nc.close().catch(() => {});
     await Promise.all(this.routes.map((route) => route.stopped()));
@@ -262,6 +293,7 @@ class RunningInstance implements Gateway {
     const sessions = this.#sessions;
     this.#logger.info("gateway shutting down", { connections: sessions.held });
     this.#abort.abort();
+    this.#loop.stop();
     for (const route of this.routes) route.closeAll(CloseCode.goingAway, "gateway shutting down");
     const timeUp = new AbortController();
     const bound = delay(this.#config.shutdownTimeoutMs, timeUp.signal);

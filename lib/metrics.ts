@@ -302,6 +302,16 @@ export class GatewayMetrics {
     [{}],
     "max",
   );
+  readonly eventLoopLate = new Gauge(
+    "gateway_event_loop_late_seconds",
+    "How late the event loop's 50 ms tick ran at worst over the last 1-2 s (the worst worker's).",
+    "max",
+  );
+  readonly loadShedding = new Gauge(
+    "gateway_load_shedding",
+    "1 while the gateway is behind and each client gets at most GATEWAY_CLIENT_MAX_QUEUED_SNAPSHOTS unwritten snapshots.",
+    "max",
+  );
   readonly startTime = new Gauge(
     "gateway_process_start_time_seconds",
     "Unix time the gateway started.",

@@ -9,6 +9,7 @@
 import type { NatsConnection } from "@nats-io/transport-deno";
 import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
 import { Broadcaster, type ClientSocket, CloseCode } from "./broadcaster.ts";
+import type { LoopLag } from "./loop_lag.ts";
 import type { Config } from "./config.ts";
 import type { DeadLetters } from "./dead_letters.ts";
 import type { Logger } from "./log.ts";
@@ -53,6 +54,8 @@ export interface RouteContext {
   readonly signal: AbortSignal;
   /** Whether the NATS connection is up (owned by the gateway). */
   readonly natsConnected: () => boolean;
+  /** Whether the gateway's loop is behind (the broadcasters' count bound holds only then). */
+  readonly loop?: LoopLag;
 }
 
 /** One cache and its clients: the whole of a fixed route, one value of a templated one. */
@@ -217,6 +220,7 @@ export class Route {
         slowClientTimeoutMs: config.slowClientTimeoutMs,
         clientMaxQueueMs: config.clientMaxQueueMs,
         clientMaxQueuedPayloads: config.clientMaxQueuedSnapshots,
+        ...(this.#ctx.loop ? { loop: this.#ctx.loop } : {}),
       },
       {
         joined: (socket) => this.#joined(topic, socket),
@@ -224,7 +228,7 @@ export class Route {
           metrics.deliveries.inc(label, count);
           metrics.bytesSent.inc(label, bytes);
         },
-        conflated: () => metrics.conflations.inc(label),
+        conflated: (count) => metrics.conflations.inc(label, count),
         slowClientClosed: () => metrics.slowDisconnects.inc(label),
         sendFailed: (error) => {
           metrics.sendErrors.inc();

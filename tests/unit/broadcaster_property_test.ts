@@ -2,7 +2,9 @@
  * Property test of the Broadcaster: random interleavings of broadcasts, drain ticks, clients
  * joining and leaving, and sockets whose buffers fill and empty. After every step each client
  * has seen a strictly increasing sequence (no duplicate, nothing out of order); once everyone
- * reads again and the drain has run, every remaining client's last frame is the newest.
+ * reads again and the drain has run, every remaining client's last frame is the newest; a client
+ * that never stalled got every payload from its join on. Whether the gateway's loop is behind
+ * (the count bound holds only then) flips at random too.
  * `PROPERTY_SEED=n` replays one seed; `PROPERTY_CASES` sets how many seeds run.
  */
 import assert from "node:assert/strict";
@@ -29,16 +31,19 @@ function random(seed: number): () => number {
 function world(rand: () => number) {
   let now = 0;
   let tick: (() => void) | undefined;
+  const loop = { behind: rand() < 0.5, sustain: () => {} };
   const broadcaster = new Broadcaster({
     clientBufferBytes: 20 + Math.floor(rand() * 60),
     slowClientTimeoutMs: rand() < 0.2 ? 0 : 50 + Math.floor(rand() * 500),
     clientMaxQueuedPayloads: Math.floor(rand() * 4),
+    loop,
     now: () => now,
     setInterval: (fn) => (tick = fn),
     clearInterval: () => (tick = undefined),
   });
   return {
     broadcaster,
+    loop,
     advance: (ms: number) => (now += ms),
     tick: () => tick?.(),
     ticking: () => tick !== undefined,
@@ -62,6 +67,9 @@ function runCase(seed: number): void {
   const rand = random(seed);
   const w = world(rand);
   const sockets: FakeSocket[] = [];
+  /** The first payload each socket was owed (the newest at its join, or the next one). */
+  const joinedAt = new Map<FakeSocket, number>();
+  const everStalled = new Set<FakeSocket>();
   let n = 0;
   const pick = () => sockets[Math.floor(rand() * sockets.length)];
   for (let step = 0; step < STEPS; step++) {
@@ -71,10 +79,13 @@ function runCase(seed: number): void {
       w.broadcaster.broadcast(JSON.stringify({ n: ++n, pad }));
     } else if (r < 0.5) {
       w.advance(Math.floor(rand() * 100));
+      if (rand() < 0.2) w.loop.behind = !w.loop.behind;
       w.tick();
     } else if (r < 0.58) {
       const socket = new FakeSocket();
       socket.stalled = rand() < 0.3;
+      if (socket.stalled) everStalled.add(socket);
+      joinedAt.set(socket, n > 0 ? n : 1);
       sockets.push(socket);
       w.broadcaster.add(socket);
     } else if (r < 0.62 && sockets.length > 0) {
@@ -82,13 +93,27 @@ function runCase(seed: number): void {
     } else if (r < 0.65 && sockets.length > 0) {
       pick().readyState = 3; // the peer went away; found at the next send or tick
     } else if (r < 0.78 && sockets.length > 0) {
-      pick().stalled = true;
+      const socket = pick();
+      socket.stalled = true;
+      everStalled.add(socket);
     } else if (r < 0.9 && sockets.length > 0) {
       pick().consume(Math.floor(rand() * 60));
     } else if (sockets.length > 0) {
       pick().drain();
     }
-    for (const socket of sockets) assertIncreasing(socket, seed, step);
+    for (const socket of sockets) {
+      assertIncreasing(socket, seed, step);
+      if (everStalled.has(socket) || socket.readyState !== 1) continue;
+      if (w.broadcaster.removalReason(socket) !== undefined) continue;
+      // Never behind: every payload from its join on, none skipped, whatever the loop did.
+      const from = joinedAt.get(socket)!;
+      const want = Array.from({ length: Math.max(0, n - from + 1) }, (_, i) => from + i);
+      assert.deepEqual(
+        sequences(socket),
+        want,
+        `seed ${seed}, step ${step}: a client that keeps up`,
+      );
+    }
   }
   // Quiescence: everyone reads, the drain runs until it stops itself.
   for (const socket of sockets) socket.drain();

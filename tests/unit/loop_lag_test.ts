@@ -1,0 +1,124 @@
+/**
+ * The count bound (GATEWAY_CLIENT_MAX_QUEUED_SNAPSHOTS) holds only while the gateway's loop is
+ * behind (lib/loop_lag.ts): a burst on a loop that keeps up reaches every client whole.
+ */
+import assert from "node:assert/strict";
+import { Broadcaster } from "../../lib/broadcaster.ts";
+import { LoopLag } from "../../lib/loop_lag.ts";
+import { FakeSocket } from "../helpers/fake_socket.ts";
+
+/** A LoopLag on a fake clock: `run(ms)` advances it, ticking every 50 ms as a loop on time. */
+function clock(lateMs = 100, holdMs = 1000) {
+  let now = 0;
+  const changes: boolean[] = [];
+  const lag = new LoopLag({
+    lateMs,
+    holdMs,
+    intervalMs: 50,
+    now: () => now,
+    changed: (behind) => changes.push(behind),
+  });
+  return {
+    lag,
+    changes,
+    /** Ticks on time for `ms`. */
+    run(ms: number) {
+      for (let t = 0; t < ms; t += 50) {
+        now += 50;
+        lag.tick();
+      }
+    },
+    /** One tick `late` ms after it was due (the loop was blocked). */
+    block(late: number) {
+      now += 50 + late;
+      lag.tick();
+    },
+    advance: (ms: number) => (now += ms),
+  };
+}
+
+/** 100 bytes whatever n (up to 4 digits). */
+const payload = (n: number) => `{"n":"${String(n).padStart(4, "0")}","pad":"${"x".repeat(79)}"}`;
+
+/** A broadcaster whose drain check runs when the test calls `drain()`. */
+function broadcaster(loop: LoopLag) {
+  let tick: (() => void) | undefined;
+  const b = new Broadcaster({
+    clientBufferBytes: 1_000_000, // far above anything here: only the count bound holds back
+    slowClientTimeoutMs: 10_000,
+    clientMaxQueuedPayloads: 4,
+    loop,
+    setInterval: (f) => (tick = f),
+    clearInterval: () => (tick = undefined),
+  });
+  return Object.assign(b, { drain: () => tick?.() });
+}
+
+Deno.test("LoopLag: behind after a tick later than lateMs, for holdMs, then caught up", () => {
+  const c = clock(100, 1000);
+  c.run(500);
+  assert.equal(c.lag.behind, false);
+  c.block(90); // late, but within the bound
+  assert.equal(c.lag.behind, false);
+  c.block(150);
+  assert.equal(c.lag.behind, true);
+  assert.ok(c.lag.worstLateMs >= 150);
+  c.run(950);
+  assert.equal(c.lag.behind, true, "held for holdMs after the late tick");
+  c.run(100);
+  assert.equal(c.lag.behind, false);
+  assert.deepEqual(c.changes, [true, false]);
+  c.run(2000);
+  assert.equal(c.lag.worstLateMs, 0, "the worst lateness is forgotten after two windows");
+});
+
+Deno.test("LoopLag: sustain() keeps it behind while the bound has to hold", () => {
+  const c = clock(100, 1000);
+  c.block(200);
+  for (let i = 0; i < 10; i++) {
+    c.run(500);
+    c.lag.sustain();
+  }
+  assert.equal(c.lag.behind, true);
+  c.run(1050);
+  assert.equal(c.lag.behind, false);
+  assert.deepEqual(c.changes, [true, false]);
+});
+
+Deno.test("count bound: a burst on a loop that keeps up is queued whole", () => {
+  const c = clock();
+  c.run(200);
+  const b = broadcaster(c.lag);
+  const s = new FakeSocket();
+  b.add(s);
+  s.stalled = true; // nothing written during the burst: Deno writes when JS yields
+  for (let n = 1; n <= 20; n++) b.broadcast(payload(n));
+  assert.deepEqual(s.sent, Array.from({ length: 20 }, (_, i) => payload(i + 1)));
+  assert.equal(c.lag.behind, false, "a held-back payload is what sustains; none was");
+  b.closeAll(1001, "done");
+});
+
+Deno.test("count bound: while the loop is behind a burst queues N, and sustains it", () => {
+  const c = clock();
+  c.block(300);
+  const b = broadcaster(c.lag);
+  const s = new FakeSocket();
+  b.add(s);
+  s.stalled = true;
+  for (let n = 1; n <= 20; n++) b.broadcast(payload(n));
+  assert.deepEqual(s.sent, [1, 2, 3, 4].map(payload));
+  c.run(900);
+  s.consume(400); // Deno wrote the four
+  b.drain(); // it has room: the newest
+  for (let n = 21; n <= 25; n++) b.broadcast(payload(n)); // 21-23 queued, then over the bound
+  assert.deepEqual(s.sent, [1, 2, 3, 4, 20, 21, 22, 23].map(payload));
+  c.run(900);
+  assert.equal(
+    c.lag.behind,
+    true,
+    "1.8 s after the late tick: kept behind by the held-back payloads",
+  );
+  c.run(1100);
+  assert.equal(c.lag.behind, false);
+  b.closeAll(1001, "done");
+});
