@@ -187,8 +187,11 @@ Deno.test({
     const page = await stack.openViewer();
     await waitForText(page, "state", "open");
     await waitForText(page, "spot", /^\d+\.\d\d$/);
-    const firstSpot = await text(page, "spot");
-    const firstTs = await shownTs(page);
+    // Read together: a snapshot arriving between two reads would pair one's spot with the next's ts.
+    const [firstSpot, firstTs] = await page.evaluate(`[
+      document.getElementById("spot").textContent,
+      Number(document.getElementById("snapshot").dataset.ts || 0),
+    ]`) as [string, number];
     // The headers a screen reader announces, in the spec's field order.
     const headers = await page.evaluate(
       `[...document.querySelectorAll("thead th")].map((th) => th.textContent)`,
@@ -208,7 +211,8 @@ Deno.test({
     assert.equal(await text(page, "level-count"), String(rows));
     assert.match(await text(page, "route"), /^\/ws\/stream ← levels\.signals$/);
 
-    // Live: the spot (a random walk) moves and newer snapshots replace the first.
+    // Live: newer snapshots replace the first, and the spot (a random walk) moves.
+    await waitForTsAbove(page, firstTs);
     await page.waitForFunction(
       `document.getElementById("spot").textContent !== ${JSON.stringify(firstSpot)}`,
       undefined,
