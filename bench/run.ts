@@ -688,8 +688,8 @@ function fmt(n: unknown, digits = 1): string {
 
 /** Why a reference relay cannot run here, or null; installs bench/refs' packages on first use. */
 async function unavailable(kind: string): Promise<string | null> {
-  // The bare Deno relay needs nothing from npm (a machine without npm still runs it).
-  if (kind === "gateway" || kind === "deno") return null;
+  // The bare Deno relay imports nats.js from bench/refs' node_modules (its package.json) too.
+  if (kind === "gateway") return null;
   if (kind === "node") {
     const ok = await new Deno.Command("node", { args: ["--version"], stdout: "null" }).output()
       .then((o) => o.success, () => false);

@@ -57,9 +57,13 @@ export interface BroadcasterOptions {
   /**
    * Whether the gateway's loop is behind (lib/loop_lag.ts): the count bound holds only then, so
    * a burst on a loop that keeps up (a publisher's, a reconnect's catch-up) reaches every client
-   * whole. A new payload that the bound holds back calls `sustain()`. Absent: always holds.
+   * whole. Told, per payload, how many clients were offered it, how many were held back, and
+   * how many bytes the others had waiting in Deno's queues. Absent: always holds.
    */
-  readonly loop?: { readonly behind: boolean; sustain(): void };
+  readonly loop?: {
+    readonly behind: boolean;
+    record(offered: number, held: number, unwritten: number): void;
+  };
   /** How often clients that are behind are checked for room. Default 20 ms. */
   readonly drainCheckMs?: number;
   readonly now?: () => number;
@@ -111,13 +115,15 @@ export class Broadcaster {
   /** Bumped with each new #latest, so a client's last payload is known without comparing text. */
   #generation = 0;
   #drainTimer: unknown;
+  /** Bytes waiting in the queues of the clients the current broadcast was sent to. */
+  #unwritten = 0;
 
   constructor(options: BroadcasterOptions, events: BroadcasterEvents = {}) {
     this.#options = {
       drainCheckMs: 20,
       clientMaxQueueMs: 0,
       clientMaxQueuedPayloads: 4,
-      loop: { behind: true, sustain: () => {} },
+      loop: { behind: true, record: () => {} },
       now: Date.now,
       setInterval: (tick, ms) => setInterval(tick, ms),
       clearInterval: (id) => clearInterval(id as ReturnType<typeof setInterval>),
@@ -189,6 +195,8 @@ export class Broadcaster {
     this.#latest = payload;
     this.#latestBytes = byteLength;
     this.#generation++;
+    const offered = this.#clients.size;
+    this.#unwritten = 0;
     let delivered = 0;
     let superseded = 0;
     for (const client of this.#clients.values()) {
@@ -202,6 +210,7 @@ export class Broadcaster {
     }
     if (delivered > 0) this.#events.delivered?.(delivered, delivered * byteLength);
     if (superseded > 0) this.#events.conflated?.(superseded);
+    this.#options.loop.record(offered, offered - delivered, this.#unwritten);
   }
 
   /** Closes every client with `code` and forgets them. */
@@ -225,7 +234,8 @@ export class Broadcaster {
       return false;
     }
     const queued = socket.bufferedAmount;
-    if (queued > 0 && this.#overBound(client, queued, payload.length, true)) {
+    this.#unwritten += queued;
+    if (queued > 0 && this.#overBound(client, queued, payload.length)) {
       client.behindSince = this.#options.now();
       this.#behind.add(client);
       if (this.#options.slowClientTimeoutMs === 0) {
@@ -238,25 +248,18 @@ export class Broadcaster {
     return this.#send(client, payload, queued);
   }
 
-  /**
-   * Whether a client with `queued` bytes waiting must not be sent `bytes` more now. `fresh`: a
-   * new payload (not the drain's retry), which keeps the loop counted as behind if held back.
-   */
-  #overBound(client: Client, queued: number, bytes: number, fresh = false): boolean {
-    return this.#overCount(queued, fresh) ||
+  /** Whether a client with `queued` bytes waiting must not be sent `bytes` more now. */
+  #overBound(client: Client, queued: number, bytes: number): boolean {
+    return this.#overCount(queued) ||
       queued + bytes > this.#options.clientBufferBytes ||
       this.#tooOld(client, queued);
   }
 
   /** The count bound: only while the loop is behind (see `loop`). */
-  #overCount(queued: number, fresh: boolean): boolean {
+  #overCount(queued: number): boolean {
     const maxQueued = this.#options.clientMaxQueuedPayloads;
     // bufferedAmount counts UTF-8 bytes: compared with the payload's UTF-8 size, not its length.
-    if (maxQueued === 0 || queued < maxQueued * this.#latestBytes) return false;
-    const loop = this.#options.loop;
-    if (!loop.behind) return false;
-    if (fresh) loop.sustain();
-    return true;
+    return maxQueued > 0 && queued >= maxQueued * this.#latestBytes && this.#options.loop.behind;
   }
 
   /** Sends the newest payload; a client sent it is owed nothing, so it leaves the behind set. */

@@ -123,10 +123,10 @@ export interface Config {
    * GATEWAY_CLIENT_MAX_QUEUED_SNAPSHOTS: how many snapshots a client may have waiting in Deno's
    * send queue (not yet written to the kernel); a new one beyond that conflates it: it gets the
    * newest once it has room. Deno writes queued frames only when JavaScript yields, so under
-   * overload a queue of old snapshots is what ages a screen. It holds only while the gateway's
-   * event loop is behind (a tick more than GATEWAY_CLIENT_MAX_QUEUE_MS late, or 100 ms when
-   * that is 0; lib/loop_lag.ts): a burst on a loop that keeps up (a publisher's, the batch a
-   * kept consumer delivers after a reconnect) reaches every client whole. Default 4. 0: off.
+   * overload a queue of old snapshots is what ages a screen. It holds only while the gateway is
+   * behind (lib/loop_lag.ts: its event loop ran 100 ms late or Deno's queues filled, and the bound holds back
+   * most deliveries): a burst on a loop that keeps up (a publisher's, the batch a kept consumer
+   * delivers after a reconnect) reaches every client whole. Default 4. 0: off.
    */
   readonly clientMaxQueuedSnapshots: number;
   /** GATEWAY_MAX_CONNECTIONS: past it, upgrades get HTTP 503. Default 10000; 0 means no limit. */

@@ -136,11 +136,9 @@ class RunningInstance implements Gateway {
   /** When the loop runs late the count bound holds (lib/loop_lag.ts); said in the log. */
   #watchLoop(): LoopLag {
     const config = this.#config;
-    const lateMs = config.clientMaxQueueMs > 0 ? config.clientMaxQueueMs : 100;
     const behind = rateLimited(this.#logger.warn, 10_000);
     const caughtUp = rateLimited(this.#logger.info, 10_000);
     return new LoopLag({
-      lateMs,
       changed: (isBehind, late) => {
         if (isBehind) {
           behind("gateway behind: clients with this many unwritten snapshots get only the newest", {

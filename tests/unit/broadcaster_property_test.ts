@@ -31,7 +31,7 @@ function random(seed: number): () => number {
 function world(rand: () => number) {
   let now = 0;
   let tick: (() => void) | undefined;
-  const loop = { behind: rand() < 0.5, sustain: () => {} };
+  const loop = { behind: rand() < 0.5, record: () => {} };
   const broadcaster = new Broadcaster({
     clientBufferBytes: 20 + Math.floor(rand() * 60),
     slowClientTimeoutMs: rand() < 0.2 ? 0 : 50 + Math.floor(rand() * 500),
