@@ -124,9 +124,9 @@ export interface Config {
    * send queue (not yet written to the kernel); a new one beyond that conflates it: it gets the
    * newest once it has room. Deno writes queued frames only when JavaScript yields, so under
    * overload a queue of old snapshots is what ages a screen. It holds only while the gateway is
-   * behind (lib/loop_lag.ts: its event loop ran 100 ms late or Deno's queues filled, and the bound holds back
-   * most deliveries): a burst on a loop that keeps up (a publisher's, the batch a kept consumer
-   * delivers after a reconnect) reaches every client whole. Default 4. 0: off.
+   * behind (lib/loop_lag.ts: its event loop ran 100 ms late or Deno's queues filled, and the
+   * bound holds back most deliveries): a burst on a loop that keeps up (a publisher's, the batch
+   * a kept consumer delivers after a reconnect) reaches every client whole. Default 4. 0: off.
    */
   readonly clientMaxQueuedSnapshots: number;
   /** GATEWAY_MAX_CONNECTIONS: past it, upgrades get HTTP 503. Default 10000; 0 means no limit. */
