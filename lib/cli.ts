@@ -79,6 +79,10 @@ export const VARIABLE_HELP: Readonly<Record<string, readonly [string, string]>> 
     "while the gateway is behind, unwritten snapshots before conflation; 0 = off",
   ],
   GATEWAY_MAX_CONNECTIONS: ["10000", "past it, upgrades get HTTP 503; 0 = no limit"],
+  GATEWAY_LISTEN_BACKLOG: [
+    "8192",
+    "connects queued in the kernel before accept (reconnect storms)",
+  ],
   GATEWAY_IDLE_TIMEOUT_S: ["30", "ping interval; no pong in time closes the client; 0 = off"],
   GATEWAY_CLIENT_MAX_FRAME_BYTES: ["4096", "a larger client frame closes with 1009"],
   GATEWAY_CLIENT_MAX_FRAMES_PER_S: ["20", "more client frames per second close with 1008"],

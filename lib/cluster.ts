@@ -8,7 +8,7 @@
  * no sockets itself.
  */
 import type { Config } from "./config.ts";
-import type { InstanceReport, RunningGateway } from "./gateway.ts";
+import { checkPortsFree, type InstanceReport, type RunningGateway } from "./gateway.ts";
 import { type ProcessState, WorkerStates } from "./health.ts";
 import type { Logger } from "./log.ts";
 
@@ -88,6 +88,8 @@ class WorkerHandle {
 
 /** Starts `config.workers` gateways on one port; rejects if any of them cannot start. */
 export async function startCluster(config: Config, logger: Logger): Promise<RunningGateway> {
+  // Workers share the port (SO_REUSEPORT): checked first, or they would join another gateway's.
+  checkPortsFree(config);
   const cluster = new Cluster(config);
   let addrs: WorkerAddrs;
   try {

@@ -132,6 +132,12 @@ export interface Config {
   /** GATEWAY_MAX_CONNECTIONS: past it, upgrades get HTTP 503. Default 10000; 0 means no limit. */
   readonly maxConnections: number;
   /**
+   * GATEWAY_LISTEN_BACKLOG: connects the kernel may queue on the public port before the gateway
+   * accepts them (a reconnect storm). Deno fixes each listener's queue at 511, so the gateway
+   * opens enough listeners on the port to hold this many (lib/backlog.ts; Linux). Default 8192.
+   */
+  readonly listenBacklog: number;
+  /**
    * GATEWAY_IDLE_TIMEOUT_S: the server pings each client this often and closes one that does
    * not answer with a pong in time (half-open connections). Default 30; 0 disables pings.
    */
@@ -241,6 +247,7 @@ export const ENV_VARIABLES = [
   "GATEWAY_CLIENT_MAX_QUEUE_MS",
   "GATEWAY_CLIENT_MAX_QUEUED_SNAPSHOTS",
   "GATEWAY_MAX_CONNECTIONS",
+  "GATEWAY_LISTEN_BACKLOG",
   "GATEWAY_IDLE_TIMEOUT_S",
   "GATEWAY_CLIENT_MAX_FRAME_BYTES",
   "GATEWAY_CLIENT_MAX_FRAMES_PER_S",
@@ -646,6 +653,7 @@ export function parseConfig(env: Env, cpus = navigator.hardwareConcurrency): Con
     clientMaxQueueMs: readInteger(env, "GATEWAY_CLIENT_MAX_QUEUE_MS", 100, 0, 60_000),
     clientMaxQueuedSnapshots: readInteger(env, "GATEWAY_CLIENT_MAX_QUEUED_SNAPSHOTS", 4, 0, 10_000),
     maxConnections: readInteger(env, "GATEWAY_MAX_CONNECTIONS", 10_000, 0),
+    listenBacklog: readInteger(env, "GATEWAY_LISTEN_BACKLOG", 8192, 1, 65_535),
     idleTimeoutSeconds: readInteger(env, "GATEWAY_IDLE_TIMEOUT_S", 30, 0, 3600),
     clientMaxFrameBytes: readInteger(
       env,
@@ -717,6 +725,7 @@ export function describeConfig(config: Config): Record<string, unknown> {
     admin_listen: config.adminPort >= 0 ? `${config.adminHost}:${config.adminPort}` : "off",
     workers: config.workers,
     max_connections: config.maxConnections,
+    listen_backlog: config.listenBacklog,
     client_buffer_bytes: config.clientBufferBytes,
     client_max_queue_ms: config.clientMaxQueueMs,
     client_max_queued_snapshots: config.clientMaxQueuedSnapshots,

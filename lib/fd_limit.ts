@@ -41,23 +41,29 @@ export function connectionCap(configured: number, fdLimit: number | null, isolat
 
 export interface ResilientServer {
   readonly addr: Deno.NetAddr;
-  /** Stops listening (and probing); resolves when the current server has shut down. */
+  /** Stops listening (and probing); resolves when every current server has shut down. */
   shutdown(): Promise<void>;
 }
 
 export interface ResilientOptions {
   readonly logger: Logger;
-  /** Called each time the listener died and serving starts again. */
+  /** Called each time listeners died and serving starts again (once per episode). */
   readonly onListenerLost?: (error: unknown) => void;
   /** Wait between attempts to listen again. Default 1 s. */
   readonly retryMs?: number;
   /** How often the listener is probed with a connect (the loop can die unseen). Default 2 s. */
   readonly probeMs?: number;
+  /**
+   * Listeners on the port (SO_REUSEPORT when more than one), each with Deno's fixed accept
+   * queue (lib/backlog.ts): more of them hold more connects while JavaScript runs. Default 1.
+   */
+  readonly listeners?: number;
 }
 
 /**
  * Deno.serve that listens again on the same port after its accept loop dies (EMFILE): the
  * clients already connected keep their streams; new ones are refused until fds are free.
+ * With `listeners` > 1, that many servers share the port, each watched and replaced alone.
  */
 export function serveResilient(
   serveOptions: Deno.ServeTcpOptions,
@@ -65,11 +71,23 @@ export function serveResilient(
   options: ResilientOptions,
 ): ResilientServer {
   const { logger } = options;
-  let current = Deno.serve(serveOptions, handler);
-  const addr = current.addr;
+  const count = Math.max(1, options.listeners ?? 1);
+  const shared = count > 1 ? { reusePort: true } : {};
+  const first = Deno.serve({ ...serveOptions, ...shared }, handler);
+  const addr = first.addr;
+  // The rest join the port the first bound (it may have been 0: any free port).
+  const serve = () => Deno.serve({ ...serveOptions, ...shared, port: addr.port }, handler);
+  const servers: (Deno.HttpServer<Deno.NetAddr> | null)[] = [first];
+  try {
+    while (servers.length < count) servers.push(serve());
+  } catch (err) {
+    for (const server of servers) void server?.shutdown();
+    throw err;
+  }
   let stopped = false;
   let restarting = false;
 
+  /** Listens again in every slot marked lost (null), until all are filled or it stops. */
   const relisten = async (error: unknown) => {
     if (stopped || restarting) return;
     restarting = true;
@@ -77,31 +95,45 @@ export function serveResilient(
     logger.error("http listener stopped; connected clients keep their streams, listening again", {
       error,
       addr: `${addr.hostname}:${addr.port}`,
+      ...(count > 1 ? { listeners_lost: servers.filter((s) => s === null).length } : {}),
     });
-    const lost = current;
-    lost.finished.catch(() => {}); // its rejection is this failure, already reported
-    for (let attempt = 1; !stopped; attempt++) {
-      try {
-        current = Deno.serve({ ...serveOptions, port: addr.port }, handler);
-        watch(current);
+    for (let attempt = 1; !stopped;) {
+      const slot = servers.indexOf(null);
+      if (slot < 0) {
         logger.info("http listener restored", { attempt });
         break;
+      }
+      try {
+        servers[slot] = serve();
+        watch(slot);
       } catch (err) {
         if (attempt === 1 || attempt % 30 === 0) {
           logger.warn("cannot listen yet", { error: err, attempt });
         }
+        attempt++;
         await new Promise((resolve) => setTimeout(resolve, options.retryMs ?? 1000));
       }
     }
     restarting = false;
+    // Lost again while the others were restored: go round again.
+    if (!stopped && servers.includes(null)) void relisten(error);
   };
 
-  function watch(server: Deno.HttpServer<Deno.NetAddr>): void {
+  /** Marks a slot lost when its server's accept loop ends with an error. */
+  const lose = (slot: number, server: Deno.HttpServer<Deno.NetAddr>) => {
+    if (servers[slot] !== server) return;
+    server.finished.catch(() => {}); // its rejection is this failure, already reported
+    servers[slot] = null;
+  };
+
+  function watch(slot: number): void {
+    const server = servers[slot]!;
     server.finished.catch((error) => {
-      if (server === current) void relisten(error);
+      lose(slot, server);
+      void relisten(error);
     });
   }
-  watch(current);
+  for (let slot = 0; slot < count; slot++) watch(slot);
 
   // The loop can die while idle connections keep `finished` pending: probe with a connect.
   const probeHost = addr.hostname === "0.0.0.0"
@@ -118,8 +150,11 @@ export function serveResilient(
         const conn = await Deno.connect({ hostname: probeHost, port: addr.port });
         conn.close();
       } catch (err) {
-        if (err instanceof Deno.errors.ConnectionRefused) void relisten(err);
         // EMFILE here too: nothing to learn until descriptors are free.
+        if (!(err instanceof Deno.errors.ConnectionRefused)) return;
+        // Refused: no listener is left on the port (a closed one leaves the group at once).
+        servers.forEach((server, slot) => server !== null && lose(slot, server));
+        void relisten(err);
       }
     }, options.probeMs ?? 2000)
     : undefined;
@@ -129,7 +164,7 @@ export function serveResilient(
     async shutdown() {
       stopped = true;
       clearInterval(probe);
-      await current.shutdown();
+      await Promise.all(servers.map((server) => server?.shutdown()));
     },
   };
 }

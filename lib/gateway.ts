@@ -8,6 +8,7 @@ import { Authenticator } from "./auth.ts";
 import { CloseCode } from "./broadcaster.ts";
 import type { Config } from "./config.ts";
 import { DeadLetters } from "./dead_letters.ts";
+import { listenersPerIsolate } from "./backlog.ts";
 import { connectionCap, readFdLimit, type ResilientServer, serveResilient } from "./fd_limit.ts";
 import type { HealthReport, InstanceReport, LocalState, ProcessView } from "./health.ts";
 import { createLogger, type Logger, rateLimited } from "./log.ts";
@@ -215,15 +216,23 @@ class RunningInstance implements Gateway {
       clientMaxFramesPerSecond: config.clientMaxFramesPerSecond,
       ...(config.viewer ? { viewerPage: viewerHtml(config.routes.map(viewerRoute)) } : {}),
     };
-    const listen = (hostname: string, port: number, serve: HandlerDeps["serve"]) =>
+    const listen = (
+      hostname: string,
+      port: number,
+      serve: HandlerDeps["serve"],
+      listeners: number,
+    ) =>
       serveHttp(hostname, port, createHandler({ ...deps, serve }), {
         logger: this.#logger,
         metrics: this.metrics,
         reusePort: this.#options.reusePort ?? false,
+        listeners,
       });
     const admin = config.adminPort >= 0;
-    this.#servers.push(listen(config.host, config.port, admin ? "public" : "all"));
-    if (admin) this.#servers.push(listen(config.adminHost, config.adminPort, "admin"));
+    // Only the public port takes reconnect storms: it gets the deep accept queue.
+    const listeners = listenersPerIsolate(config.listenBacklog, config.workers);
+    this.#servers.push(listen(config.host, config.port, admin ? "public" : "all", listeners));
+    if (admin) this.#servers.push(listen(config.adminHost, config.adminPort, "admin", 1));
     this.#logger.info("gateway listening", {
       addr: hostPort(this.addr),
       ...(this.adminAddr ? { admin_addr: hostPort(this.adminAddr) } : {}),
@@ -232,6 +241,7 @@ class RunningInstance implements Gateway {
       version: VERSION,
       fd_limit: fdLimit,
       max_connections: maxConnections,
+      listeners,
     });
   }
 
@@ -327,9 +337,11 @@ function viewerRoute(spec: RouteSpec) {
 
 /**
  * Binds and releases each configured port, so a taken one is reported with its address before
- * anything else happens (port 0, any free port, cannot be taken).
+ * anything else happens (port 0, any free port, cannot be taken). The bind is without
+ * SO_REUSEPORT, so it fails on a port another gateway shares among its own listeners too: the
+ * listeners that follow share it, and would otherwise join that gateway's without a word.
  */
-function checkPortsFree(config: Config): void {
+export function checkPortsFree(config: Config): void {
   const ports: [string, string, number][] = [[
     "GATEWAY_HOST/GATEWAY_PORT",
     config.host,
@@ -365,7 +377,7 @@ function serveHttp(
   hostname: string,
   port: number,
   handler: Deno.ServeHandler<Deno.NetAddr>,
-  options: { logger: Logger; metrics: GatewayMetrics; reusePort: boolean },
+  options: { logger: Logger; metrics: GatewayMetrics; reusePort: boolean; listeners: number },
 ): ResilientServer {
   const { logger, metrics } = options;
   return serveResilient(
@@ -380,7 +392,7 @@ function serveHttp(
       },
     },
     handler,
-    { logger, onListenerLost: () => metrics.listenerRestarts.inc() },
+    { logger, onListenerLost: () => metrics.listenerRestarts.inc(), listeners: options.listeners },
   );
 }
 

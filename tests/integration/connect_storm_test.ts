@@ -1,0 +1,107 @@
+/**
+ * Reconnect storms: connects that arrive while the gateway is busy wait in the kernel's accept
+ * queues (GATEWAY_LISTEN_BACKLOG over several listeners, lib/backlog.ts) instead of having their
+ * SYN dropped and retried seconds later; and the shared port is still the gateway's alone.
+ */
+import assert from "node:assert/strict";
+import { NatsServer } from "../helpers/nats_server.ts";
+import { Publisher, signal } from "../helpers/fixtures.ts";
+import { GatewayProcess } from "../helpers/process.ts";
+
+/** More than one Deno listener queues (511 + 1), fewer than GATEWAY_LISTEN_BACKLOG=2048. */
+const STORM = 1500;
+
+function upgradeRequest(addr: Deno.NetAddr): Uint8Array {
+  const key = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16))));
+  return new TextEncoder().encode(
+    `GET /ws/stream HTTP/1.1\r\nHost: ${addr.hostname}:${addr.port}\r\nUpgrade: websocket\r\n` +
+      `Connection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+  );
+}
+
+/** Reads until the 101 and a frame holding `marker` came (a server frame's payload is plain). */
+async function readUntil(conn: Deno.Conn, marker: string): Promise<string> {
+  const decoder = new TextDecoder();
+  const buffer = new Uint8Array(16 * 1024);
+  let text = "";
+  while (!(text.startsWith("HTTP/1.1 101") && text.includes(marker))) {
+    const n = await conn.read(buffer);
+    if (n === null) throw new Error(`closed before the snapshot: ${text.slice(0, 200)}`);
+    text += decoder.decode(buffer.subarray(0, n), { stream: true });
+  }
+  return text;
+}
+
+Deno.test("storm: connects past one listener's queue wait in the kernel while the gateway cannot accept, then all get the snapshot", async () => {
+  await using nats = await NatsServer.start();
+  await using publisher = await Publisher.connect(nats.url);
+  await using gw = await GatewayProcess.spawn({
+    NATS_URL: nats.url,
+    GATEWAY_LISTEN_BACKLOG: "2048",
+  });
+  const addr = await gw.listening;
+  assert.match(gw.output, /"msg":"gateway listening".*"listeners":5/);
+  await publisher.publish(signal(1));
+  // Cached before the storm: a client that opens now gets it.
+  const probe = new WebSocket(`ws://${addr.hostname}:${addr.port}/ws/stream`);
+  await new Promise((resolve) => probe.addEventListener("message", resolve, { once: true }));
+  probe.close();
+  await new Promise((resolve) => probe.addEventListener("close", resolve, { once: true }));
+
+  const pid = await gw.gatewayPid();
+  // Stopped, the gateway accepts nothing: every connect must wait in an accept queue. One
+  // listener holds 512; a connect past that has its SYN dropped and cannot complete until the
+  // gateway runs again, however long this waits.
+  Deno.kill(pid, "SIGSTOP");
+  const conns: Deno.TcpConn[] = [];
+  const pending = new Set<Promise<unknown>>();
+  let resumed = false;
+  try {
+    for (let i = 0; i < STORM; i++) {
+      const connect: Promise<unknown> = Deno.connect({ hostname: addr.hostname, port: addr.port })
+        .then((conn) => (resumed ? conn.close() : conns.push(conn)))
+        .finally(() => pending.delete(connect));
+      pending.add(connect);
+    }
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      Promise.all(pending),
+      new Promise((resolve) => (timer = setTimeout(resolve, 5_000))),
+    ]).finally(() => clearTimeout(timer));
+    assert.equal(conns.length, STORM, `connects that completed while the gateway was stopped`);
+    // The request goes out at once too: the kernel holds it for the gateway.
+    await Promise.all(conns.map((conn) => conn.write(upgradeRequest(addr))));
+  } finally {
+    resumed = true;
+    Deno.kill(pid, "SIGCONT");
+  }
+  try {
+    // Resumed: every queued connect is accepted, upgraded and given the cached snapshot.
+    const texts = await Promise.all(conns.map((conn) => readUntil(conn, '"seq":1')));
+    assert.equal(texts.length, STORM);
+  } finally {
+    for (const conn of conns) conn.close();
+    await Promise.allSettled(pending);
+  }
+});
+
+for (const workers of ["1", "2"]) {
+  Deno.test(`storm: the port its listeners share is refused to a second gateway (GATEWAY_WORKERS=${workers})`, async () => {
+    await using nats = await NatsServer.start();
+    await using first = await GatewayProcess.spawn({ NATS_URL: nats.url });
+    const { port } = await first.listening;
+    await using second = await GatewayProcess.spawn({
+      // Nothing listens there: the port is checked before NATS is contacted.
+      NATS_URL: "nats://127.0.0.1:1",
+      GATEWAY_NATS_CONNECT_TIMEOUT_MS: "20000",
+      GATEWAY_PORT: String(port),
+      GATEWAY_WORKERS: workers,
+    });
+    const status = await second.status;
+    assert.equal(status.code, 1);
+    assert.match(
+      second.output,
+      new RegExp(`127\\.0\\.0\\.1:${port} \\(GATEWAY_HOST/GATEWAY_PORT\\) is already in use`),
+    );
+  });
+}
