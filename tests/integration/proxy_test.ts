@@ -425,7 +425,10 @@ Deno.test({
     });
 
     const published = await publishing.stop();
-    const received = (await normal.waitFor(published, 20_000)).map((m) => JSON.parse(m).seq);
+    const received = (await normal.waitFor(published, 20_000).catch(async (err) => {
+      // Who ended it: nginx says why in its error log (a timeout, the upstream's reset).
+      throw new Error(`${err.message}; nginx error log:\n${(await proxy.errorLog()).slice(-3000)}`);
+    })).map((m) => JSON.parse(m).seq);
     assert.deepEqual(received, Array.from({ length: published }, (_, i) => i + 1));
     sampler.stop();
     const end = { fds: await fdCount(pid), ...await memory(pid) };
