@@ -3,7 +3,12 @@
  * killed (SIGKILL) and restarted on the same ports and store.
  */
 import { connect, type NatsConnection } from "@nats-io/transport-deno";
-import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
+import {
+  type JetStreamManager,
+  jetstreamManager,
+  type StreamConfig,
+  type StreamInfo,
+} from "@nats-io/jetstream";
 import { NatsServer } from "./nats_server.ts";
 
 /** Ports nobody listens on now: held open together so they differ, then released. */
@@ -86,6 +91,27 @@ export class NatsCluster implements AsyncDisposable {
           await nc.close();
           throw new Error(`JetStream cluster not ready in ${timeoutMs} ms`, { cause: err });
         }
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+    }
+  }
+
+  /**
+   * Adds a replicated stream. A meta leader can answer before it knows every peer is current:
+   * it then refuses the placement ("no suitable peers for placement"), which this retries.
+   */
+  async addStream(
+    jsm: JetStreamManager,
+    config: Partial<StreamConfig> & { name: string },
+    timeoutMs = 20_000,
+  ): Promise<StreamInfo> {
+    const deadline = Date.now() + timeoutMs;
+    while (true) {
+      try {
+        return await jsm.streams.add(config);
+      } catch (err) {
+        const placement = /no suitable peers for placement/i.test(String(err));
+        if (!placement || Date.now() > deadline) throw err;
         await new Promise((resolve) => setTimeout(resolve, 200));
       }
     }

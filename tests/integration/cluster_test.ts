@@ -300,7 +300,7 @@ Deno.test({
   await using cluster = await NatsCluster.start();
   const admin = await cluster.admin();
   try {
-    await admin.jsm.streams.add({
+    await cluster.addStream(admin.jsm, {
       name: STREAM,
       subjects: ["levels.*"],
       retention: RetentionPolicy.Limits,
