@@ -61,8 +61,13 @@ export class Client implements AsyncDisposable {
   readonly opened: Promise<void>;
   #waiters: { count: number; resolve: () => void }[] = [];
   #closeEvent: CloseEvent | undefined;
+  /** Why the socket failed, when it did (a reset, a bad frame): a close then has code 0. */
+  #error: string | undefined;
 
   constructor(readonly socket: WebSocket) {
+    socket.addEventListener("error", (event) => {
+      this.#error = (event as ErrorEvent).message || "error";
+    });
     this.opened = new Promise((resolve, reject) => {
       socket.addEventListener("open", () => resolve(), { once: true });
       socket.addEventListener("error", () => reject(new Error("websocket failed to open")), {
@@ -112,7 +117,9 @@ export class Client implements AsyncDisposable {
     }
     if (this.messages.length < count) {
       throw new Error(
-        `socket closed (${this.#closeEvent?.code}) after ${this.messages.length} of ${count} messages`,
+        `socket closed (${this.#closeEvent?.code}${
+          this.#error ? `, ${this.#error}` : ""
+        }) after ${this.messages.length} of ${count} messages`,
       );
     }
     return this.messages.slice(0, count);
