@@ -426,8 +426,21 @@ Deno.test({
 
     const published = await publishing.stop();
     const received = (await normal.waitFor(published, 20_000).catch(async (err) => {
-      // Who ended it: nginx says why in its error log (a timeout, the upstream's reset).
-      throw new Error(`${err.message}; nginx error log:\n${(await proxy.errorLog()).slice(-3000)}`);
+      // Who ended it: nginx says why in its error log (a timeout, the upstream's reset), the
+      // gateway in its warnings (behind, conflating) and counters.
+      const warnings = gateway.output.split("\n").filter((l) => /"level":"(warn|error)"/.test(l));
+      const admin = proxy.adminAddr;
+      const metrics = await fetch(`http://${admin.hostname}:${admin.port}/metrics`)
+        .then((r) => r.text()).catch((e) => String(e));
+      const counters = metrics.split("\n").filter((l) =>
+        /^gateway_(slow_client|load_shedding|event_loop_late|ws_connections |consumer|messages)/
+          .test(l)
+      );
+      throw new Error(
+        `${err.message}; nginx error log:\n${(await proxy.errorLog()).slice(-2000)}\n` +
+          `gateway warnings:\n${warnings.slice(-20).join("\n")}\ngateway metrics:\n` +
+          counters.join("\n"),
+      );
     })).map((m) => JSON.parse(m).seq);
     assert.deepEqual(received, Array.from({ length: published }, (_, i) => i + 1));
     sampler.stop();
