@@ -89,6 +89,12 @@ interface Client {
   readonly socket: ClientSocket;
   /** When the client first went over its bound (ms), or -1. */
   behindSince: number;
+  /**
+   * Whether the count bound (not the byte or age bound) put it behind: only those deliveries
+   * tell the gate (`loop`) that it is shedding load. A client that stopped reading is behind by
+   * its own bounds; counting it would keep the count bound on for everyone while it stays.
+   */
+  heldByCount: boolean;
   /** The #generation of the last payload sent to it: the drain never sends one twice. */
   sentGeneration: number;
   /** Bytes ever sent to it; minus bufferedAmount, what Deno has written to the kernel. */
@@ -117,6 +123,8 @@ export class Broadcaster {
   #drainTimer: unknown;
   /** Bytes waiting in the queues of the clients the current broadcast was sent to. */
   #unwritten = 0;
+  /** Deliveries of the current broadcast the count bound held back (see Client.heldByCount). */
+  #heldByCount = 0;
 
   constructor(options: BroadcasterOptions, events: BroadcasterEvents = {}) {
     this.#options = {
@@ -158,6 +166,7 @@ export class Broadcaster {
     const client: Client = {
       socket,
       behindSince: -1,
+      heldByCount: false,
       sentGeneration: 0,
       sentBytes: 0,
       queue: [],
@@ -197,6 +206,7 @@ export class Broadcaster {
     this.#generation++;
     const offered = this.#clients.size;
     this.#unwritten = 0;
+    this.#heldByCount = 0;
     let delivered = 0;
     let superseded = 0;
     for (const client of this.#clients.values()) {
@@ -204,13 +214,14 @@ export class Broadcaster {
         // Owed the newest already: the drain sends it once there is room. Not asked again here,
         // so a payload costs a client that is behind (all of them, under overload) no op call.
         superseded++;
+        if (client.heldByCount) this.#heldByCount++;
       } else if (this.#deliver(client, payload)) {
         delivered++;
       }
     }
     if (delivered > 0) this.#events.delivered?.(delivered, delivered * byteLength);
     if (superseded > 0) this.#events.conflated?.(superseded);
-    this.#options.loop.record(offered, offered - delivered, this.#unwritten);
+    this.#options.loop.record(offered, this.#heldByCount, this.#unwritten);
   }
 
   /** Closes every client with `code` and forgets them. */
@@ -237,6 +248,8 @@ export class Broadcaster {
     this.#unwritten += queued;
     if (queued > 0 && this.#overBound(client, queued, payload.length)) {
       client.behindSince = this.#options.now();
+      client.heldByCount = this.#overCount(queued);
+      if (client.heldByCount) this.#heldByCount++;
       this.#behind.add(client);
       if (this.#options.slowClientTimeoutMs === 0) {
         this.#closeSlow(client);
@@ -269,6 +282,7 @@ export class Broadcaster {
       if (this.#options.clientMaxQueueMs > 0) this.#queued(client, queued);
       client.sentGeneration = this.#generation;
       client.behindSince = -1;
+      client.heldByCount = false;
       this.#behind.delete(client);
       return true;
     } catch (err) {
@@ -333,6 +347,7 @@ export class Broadcaster {
         // Already has the newest (sent directly since it fell behind): owed nothing.
         this.#behind.delete(client);
         client.behindSince = -1;
+        client.heldByCount = false;
       } else if (queued === 0 || !this.#overBound(client, queued, payload.length)) {
         if (this.#send(client, payload, queued)) this.#events.delivered?.(1, this.#latestBytes);
       } else if (now - client.behindSince >= this.#options.slowClientTimeoutMs) {

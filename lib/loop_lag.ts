@@ -118,8 +118,9 @@ export class LoopLag {
   }
 
   /**
-   * One payload's fan-out: `offered` clients, `held` of them not sent it (bound or behind),
-   * `unwritten` bytes already waiting in their queues when it came.
+   * One payload's fan-out: `offered` clients, `held` of them not sent it by the count bound (or
+   * still behind because of it; a client behind by its own byte or age bound, one that stopped
+   * reading, is not load the gateway sheds), `unwritten` bytes already waiting in their queues.
    */
   record(offered: number, held: number, unwritten: number): void {
     this.#offered += offered;

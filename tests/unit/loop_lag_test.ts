@@ -151,3 +151,33 @@ Deno.test("count bound: while the loop is behind a burst queues N; holding back 
   assert.equal(c.lag.behind, false, "nothing offered for a second: caught up");
   b.closeAll(1001, "done");
 });
+
+Deno.test("count bound: clients that stopped reading do not keep it on for the others", () => {
+  const c = clock();
+  c.block(300);
+  assert.equal(c.lag.behind, true);
+  const b = new Broadcaster({
+    clientBufferBytes: 250, // a stuck client is over its byte bound before the count bound (400)
+    slowClientTimeoutMs: 60_000,
+    clientMaxQueuedPayloads: 4,
+    loop: c.lag,
+    setInterval: () => 0,
+    clearInterval: () => {},
+  });
+  const stuck = Array.from({ length: 10 }, () => new FakeSocket());
+  for (const s of stuck) {
+    b.add(s);
+    s.stalled = true;
+  }
+  const reader = new FakeSocket();
+  b.add(reader);
+  for (let n = 1; n <= 30; n++) {
+    b.broadcast(payload(n)); // 10 of 11 clients held back: by their own bound, not by load
+    c.run(100);
+  }
+  assert.equal(c.lag.behind, false, "caught up once holdMs passed after the late tick");
+  assert.deepEqual(c.changes, [true, false]);
+  assert.deepEqual(reader.sent, Array.from({ length: 30 }, (_, i) => payload(i + 1)));
+  for (const s of stuck) assert.equal(s.sent.length, 2, "two queued, then over 250 bytes");
+  b.closeAll(1001, "done");
+});
