@@ -18,15 +18,26 @@ export const DENO_LISTEN_BACKLOG = 511;
 export const MAX_LISTENERS = 64;
 
 /**
+ * Whether Deno lets this process share a port (`reusePort`): only with `--unstable-net` (the start
+ * task and the compiled binary pass it, from deno.json). Without it Deno exits the process on the
+ * first `reusePort` listen, so it is detected, by an API the same flag brings, not tried.
+ */
+export function reusePortAllowed(): boolean {
+  return typeof (Deno as { listenDatagram?: unknown }).listenDatagram === "function";
+}
+
+/**
  * Listeners each isolate opens on the public port so that `workers` isolates together queue at
- * least `backlog` connects. One where SO_REUSEPORT does not spread connects (not Linux).
+ * least `backlog` connects. One where SO_REUSEPORT does not spread connects (not Linux) or is not
+ * allowed (no `--unstable-net`).
  */
 export function listenersPerIsolate(
   backlog: number,
   workers: number,
   os: typeof Deno.build.os = Deno.build.os,
+  shareable: boolean = reusePortAllowed(),
 ): number {
-  if (os !== "linux") return 1;
+  if (os !== "linux" || !shareable) return 1;
   const total = Math.ceil(backlog / DENO_LISTEN_BACKLOG);
   return Math.min(MAX_LISTENERS, Math.max(1, Math.ceil(total / Math.max(1, workers))));
 }
