@@ -95,6 +95,8 @@ interface Client {
    * its own bounds; counting it would keep the count bound on for everyone while it stays.
    */
   heldByCount: boolean;
+  /** sentBytes - bufferedAmount when it fell behind: no more written since means it stopped reading. */
+  writtenWhenBehind: number;
   /** The #generation of the last payload sent to it: the drain never sends one twice. */
   sentGeneration: number;
   /** Bytes ever sent to it; minus bufferedAmount, what Deno has written to the kernel. */
@@ -106,6 +108,9 @@ interface Client {
   queue: number[];
   queueHead: number;
 }
+
+/** Behind this long (ms) with nothing written: a client that stopped reading, not load. */
+const STALLED_AFTER_MS = 100;
 
 export class Broadcaster {
   readonly #clients = new Map<ClientSocket, Client>();
@@ -167,6 +172,7 @@ export class Broadcaster {
       socket,
       behindSince: -1,
       heldByCount: false,
+      writtenWhenBehind: 0,
       sentGeneration: 0,
       sentBytes: 0,
       queue: [],
@@ -249,6 +255,7 @@ export class Broadcaster {
     if (queued > 0 && this.#overBound(client, queued, payload.length)) {
       client.behindSince = this.#options.now();
       client.heldByCount = this.#overCount(queued);
+      client.writtenWhenBehind = client.sentBytes - queued;
       if (client.heldByCount) this.#heldByCount++;
       this.#behind.add(client);
       if (this.#options.slowClientTimeoutMs === 0) {
@@ -279,6 +286,7 @@ export class Broadcaster {
   #send(client: Client, payload: string, queued: number): boolean {
     try {
       client.socket.send(payload);
+      client.sentBytes += this.#latestBytes;
       if (this.#options.clientMaxQueueMs > 0) this.#queued(client, queued);
       client.sentGeneration = this.#generation;
       client.behindSince = -1;
@@ -299,7 +307,6 @@ export class Broadcaster {
       client.queue.length = 0;
       client.queueHead = 0;
     }
-    client.sentBytes += this.#latestBytes;
     client.queue.push(client.sentBytes, this.#options.now());
   }
 
@@ -350,8 +357,16 @@ export class Broadcaster {
         client.heldByCount = false;
       } else if (queued === 0 || !this.#overBound(client, queued, payload.length)) {
         if (this.#send(client, payload, queued)) this.#events.delivered?.(1, this.#latestBytes);
-      } else if (now - client.behindSince >= this.#options.slowClientTimeoutMs) {
-        this.#closeSlow(client);
+      } else {
+        if (
+          client.heldByCount && now - client.behindSince >= STALLED_AFTER_MS &&
+          client.sentBytes - queued <= client.writtenWhenBehind
+        ) {
+          // Nothing written since it fell behind: it stopped reading, and holding it back is
+          // its own bound's doing, not load the gateway sheds (the gate would stay on for all).
+          client.heldByCount = false;
+        }
+        if (now - client.behindSince >= this.#options.slowClientTimeoutMs) this.#closeSlow(client);
       }
     }
     this.#stopDrainTimerIfIdle();

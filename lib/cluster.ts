@@ -11,6 +11,7 @@ import type { Config } from "./config.ts";
 import { checkPortsFree, type InstanceReport, type RunningGateway } from "./gateway.ts";
 import { type ProcessState, WorkerStates } from "./health.ts";
 import type { Logger } from "./log.ts";
+import { checkPermissions } from "./permissions.ts";
 
 /** Supervisor → worker. */
 export type ToWorker =
@@ -88,6 +89,8 @@ class WorkerHandle {
 
 /** Starts `config.workers` gateways on one port; rejects if any of them cannot start. */
 export async function startCluster(config: Config, logger: Logger): Promise<RunningGateway> {
+  // What the scope refuses is said as in one isolate (startGateway), before the port is tried.
+  await checkPermissions(config);
   // Workers share the port (SO_REUSEPORT): checked first, or they would join another gateway's.
   checkPortsFree(config);
   const cluster = new Cluster(config);

@@ -76,12 +76,20 @@ export function serveResilient(
   const first = Deno.serve({ ...serveOptions, ...shared }, handler);
   const addr = first.addr;
   // The rest join the port the first bound (it may have been 0: any free port).
-  const serve = () => Deno.serve({ ...serveOptions, ...shared, port: addr.port }, handler);
+  /** Bumped by every listen: a probe that started before one cannot judge the new one. */
+  let generation = 0;
+  const serve = () => {
+    generation++;
+    return Deno.serve({ ...serveOptions, ...shared, port: addr.port }, handler);
+  };
   const servers: (Deno.HttpServer<Deno.NetAddr> | null)[] = [first];
   try {
     while (servers.length < count) servers.push(serve());
   } catch (err) {
-    for (const server of servers) void server?.shutdown();
+    for (const server of servers) {
+      server?.finished.catch(() => {});
+      void server?.shutdown().catch(() => {});
+    }
     throw err;
   }
   let stopped = false;
@@ -115,22 +123,24 @@ export function serveResilient(
       }
     }
     restarting = false;
-    // Lost again while the others were restored: go round again.
-    if (!stopped && servers.includes(null)) void relisten(error);
   };
 
-  /** Marks a slot lost when its server's accept loop ends with an error. */
-  const lose = (slot: number, server: Deno.HttpServer<Deno.NetAddr>) => {
-    if (servers[slot] !== server) return;
+  /**
+   * Marks a slot lost: its server's accept loop ended (its listener is closed with it), or the
+   * port refused a probe, which only happens once no listener is left. False when the slot
+   * holds another server already.
+   */
+  const lose = (slot: number, server: Deno.HttpServer<Deno.NetAddr>): boolean => {
+    if (servers[slot] !== server) return false;
     server.finished.catch(() => {}); // its rejection is this failure, already reported
     servers[slot] = null;
+    return true;
   };
 
   function watch(slot: number): void {
     const server = servers[slot]!;
     server.finished.catch((error) => {
-      lose(slot, server);
-      void relisten(error);
+      if (lose(slot, server)) void relisten(error);
     });
   }
   for (let slot = 0; slot < count; slot++) watch(slot);
@@ -146,12 +156,15 @@ export function serveResilient(
   const probe = mayProbe
     ? setInterval(async () => {
       if (stopped || restarting) return;
+      const probed = generation;
       try {
         const conn = await Deno.connect({ hostname: probeHost, port: addr.port });
         conn.close();
       } catch (err) {
         // EMFILE here too: nothing to learn until descriptors are free.
         if (!(err instanceof Deno.errors.ConnectionRefused)) return;
+        // Listened again meanwhile: the refusal was for the servers that were there before.
+        if (stopped || restarting || generation !== probed) return;
         // Refused: no listener is left on the port (a closed one leaves the group at once).
         servers.forEach((server, slot) => server !== null && lose(slot, server));
         void relisten(err);

@@ -34,6 +34,7 @@ function clock(lateMs = 100, holdMs = 1000) {
       lag.tick();
     },
     advance: (ms: number) => (now += ms),
+    now: () => now,
   };
 }
 
@@ -156,28 +157,59 @@ Deno.test("count bound: clients that stopped reading do not keep it on for the o
   const c = clock();
   c.block(300);
   assert.equal(c.lag.behind, true);
+  let drain: (() => void) | undefined;
   const b = new Broadcaster({
-    clientBufferBytes: 250, // a stuck client is over its byte bound before the count bound (400)
+    // As by default, the count bound (4 × 100 bytes) is reached long before the byte bound.
+    clientBufferBytes: 1_000_000,
     slowClientTimeoutMs: 60_000,
     clientMaxQueuedPayloads: 4,
     loop: c.lag,
-    setInterval: () => 0,
-    clearInterval: () => {},
+    now: c.now,
+    setInterval: (f) => (drain = f),
+    clearInterval: () => (drain = undefined),
   });
   const stuck = Array.from({ length: 10 }, () => new FakeSocket());
   for (const s of stuck) {
     b.add(s);
-    s.stalled = true;
+    s.stalled = true; // never reads: its queue only grows
   }
   const reader = new FakeSocket();
   b.add(reader);
   for (let n = 1; n <= 30; n++) {
-    b.broadcast(payload(n)); // 10 of 11 clients held back: by their own bound, not by load
+    b.broadcast(payload(n)); // 10 of 11 clients held back, by the count bound at first
     c.run(100);
+    drain?.(); // nothing written by the stuck ones since they fell behind: not load
   }
   assert.equal(c.lag.behind, false, "caught up once holdMs passed after the late tick");
   assert.deepEqual(c.changes, [true, false]);
   assert.deepEqual(reader.sent, Array.from({ length: 30 }, (_, i) => payload(i + 1)));
-  for (const s of stuck) assert.equal(s.sent.length, 2, "two queued, then over 250 bytes");
+  b.closeAll(1001, "done");
+});
+
+Deno.test("count bound: clients that read but lag keep it on while it sheds", () => {
+  const c = clock();
+  c.block(300);
+  let drain: (() => void) | undefined;
+  const b = new Broadcaster({
+    clientBufferBytes: 1_000_000,
+    slowClientTimeoutMs: 60_000,
+    clientMaxQueuedPayloads: 4,
+    loop: c.lag,
+    now: c.now,
+    setInterval: (f) => (drain = f),
+    clearInterval: () => (drain = undefined),
+  });
+  const lagging = Array.from({ length: 10 }, () => new FakeSocket());
+  for (const s of lagging) {
+    b.add(s);
+    s.stalled = true;
+  }
+  for (let n = 1; n <= 30; n++) {
+    for (let k = 0; k < 10; k++) b.broadcast(payload(n * 10 + k)); // a burst each 100 ms
+    c.run(100);
+    for (const s of lagging) s.consume(200); // Deno wrote two of their queued snapshots
+    drain?.();
+  }
+  assert.equal(c.lag.behind, true, "3 s after the late tick: still shedding for clients that read");
   b.closeAll(1001, "done");
 });
