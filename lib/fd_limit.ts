@@ -75,9 +75,9 @@ export function serveResilient(
   const shared = count > 1 ? { reusePort: true } : {};
   const first = Deno.serve({ ...serveOptions, ...shared }, handler);
   const addr = first.addr;
-  // The rest join the port the first bound (it may have been 0: any free port).
   /** Bumped by every listen: a probe that started before one cannot judge the new one. */
   let generation = 0;
+  // The rest join the port the first bound (it may have been 0: any free port).
   const serve = () => {
     generation++;
     return Deno.serve({ ...serveOptions, ...shared, port: addr.port }, handler);
