@@ -8,7 +8,7 @@ import { Authenticator } from "./auth.ts";
 import { CloseCode } from "./broadcaster.ts";
 import type { Config } from "./config.ts";
 import { DeadLetters } from "./dead_letters.ts";
-import { DENO_LISTEN_BACKLOG, listenersPerIsolate, reusePortAllowed } from "./backlog.ts";
+import { listenersPerIsolate } from "./backlog.ts";
 import { connectionCap, readFdLimit, type ResilientServer, serveResilient } from "./fd_limit.ts";
 import type { HealthReport, InstanceReport, LocalState, ProcessView } from "./health.ts";
 import { createLogger, type Logger, rateLimited } from "./log.ts";
@@ -231,10 +231,8 @@ class RunningInstance implements Gateway {
     const admin = config.adminPort >= 0;
     // Only the public port takes reconnect storms: it gets the deep accept queue.
     const listeners = listenersPerIsolate(config.listenBacklog, config.workers);
-    if (
-      listeners === 1 && config.listenBacklog > DENO_LISTEN_BACKLOG &&
-      Deno.build.os === "linux" && !reusePortAllowed()
-    ) {
+    const wanted = listenersPerIsolate(config.listenBacklog, config.workers, Deno.build.os, true);
+    if (listeners < wanted) {
       this.#logger.warn(
         "GATEWAY_LISTEN_BACKLOG needs --unstable-net (deno task start and the binary pass it): " +
           "one listener, whose queue Deno fixes at 511",
