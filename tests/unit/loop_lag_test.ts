@@ -41,14 +41,15 @@ function clock(lateMs = 100, holdMs = 1000) {
 /** 100 bytes whatever n (up to 4 digits). */
 const payload = (n: number) => `{"n":"${String(n).padStart(4, "0")}","pad":"${"x".repeat(79)}"}`;
 
-/** A broadcaster whose drain check runs when the test calls `drain()`. */
-function broadcaster(loop: LoopLag) {
+/** A broadcaster whose drain check runs when the test calls `drain()`; `now`: its clock. */
+function broadcaster(loop: LoopLag, now?: () => number) {
   let tick: (() => void) | undefined;
   const b = new Broadcaster({
     clientBufferBytes: 1_000_000, // far above anything here: only the count bound holds back
     slowClientTimeoutMs: 10_000,
     clientMaxQueuedPayloads: 4,
     loop,
+    ...(now ? { now } : {}),
     setInterval: (f) => (tick = f),
     clearInterval: () => (tick = undefined),
   });
@@ -157,17 +158,8 @@ Deno.test("count bound: clients that stopped reading do not keep it on for the o
   const c = clock();
   c.block(300);
   assert.equal(c.lag.behind, true);
-  let drain: (() => void) | undefined;
-  const b = new Broadcaster({
-    // As by default, the count bound (4 × 100 bytes) is reached long before the byte bound.
-    clientBufferBytes: 1_000_000,
-    slowClientTimeoutMs: 60_000,
-    clientMaxQueuedPayloads: 4,
-    loop: c.lag,
-    now: c.now,
-    setInterval: (f) => (drain = f),
-    clearInterval: () => (drain = undefined),
-  });
+  // As by default, the count bound (4 × 100 bytes) is reached long before the byte bound.
+  const b = broadcaster(c.lag, c.now);
   const stuck = Array.from({ length: 10 }, () => new FakeSocket());
   for (const s of stuck) {
     b.add(s);
@@ -178,7 +170,7 @@ Deno.test("count bound: clients that stopped reading do not keep it on for the o
   for (let n = 1; n <= 30; n++) {
     b.broadcast(payload(n)); // 10 of 11 clients held back, by the count bound at first
     c.run(100);
-    drain?.(); // nothing written by the stuck ones since they fell behind: not load
+    b.drain(); // nothing written by the stuck ones since they fell behind: not load
   }
   assert.equal(c.lag.behind, false, "caught up once holdMs passed after the late tick");
   assert.deepEqual(c.changes, [true, false]);
@@ -189,16 +181,7 @@ Deno.test("count bound: clients that stopped reading do not keep it on for the o
 Deno.test("count bound: clients that read but lag keep it on while it sheds", () => {
   const c = clock();
   c.block(300);
-  let drain: (() => void) | undefined;
-  const b = new Broadcaster({
-    clientBufferBytes: 1_000_000,
-    slowClientTimeoutMs: 60_000,
-    clientMaxQueuedPayloads: 4,
-    loop: c.lag,
-    now: c.now,
-    setInterval: (f) => (drain = f),
-    clearInterval: () => (drain = undefined),
-  });
+  const b = broadcaster(c.lag, c.now);
   const lagging = Array.from({ length: 10 }, () => new FakeSocket());
   for (const s of lagging) {
     b.add(s);
@@ -208,7 +191,7 @@ Deno.test("count bound: clients that read but lag keep it on while it sheds", ()
     for (let k = 0; k < 10; k++) b.broadcast(payload(n * 10 + k)); // a burst each 100 ms
     c.run(100);
     for (const s of lagging) s.consume(200); // Deno wrote two of their queued snapshots
-    drain?.();
+    b.drain();
   }
   assert.equal(c.lag.behind, true, "3 s after the late tick: still shedding for clients that read");
   b.closeAll(1001, "done");
