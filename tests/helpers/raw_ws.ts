@@ -8,6 +8,13 @@ export interface RawResponse {
   readonly head: string;
 }
 
+/** A valid WebSocket upgrade request for /ws/stream, with a fresh key. */
+export function upgradeRequest(addr: Deno.NetAddr): string {
+  const key = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16))));
+  return `GET /ws/stream HTTP/1.1\r\nHost: ${addr.hostname}:${addr.port}\r\nUpgrade: websocket\r\n` +
+    `Connection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`;
+}
+
 export class RawPeer implements AsyncDisposable {
   #closed = false;
   private constructor(readonly conn: Deno.TcpConn, readonly response: RawResponse) {}
@@ -15,11 +22,7 @@ export class RawPeer implements AsyncDisposable {
   /** Sends `request` (default: a valid upgrade) and reads the response head, then stops reading. */
   static async connect(addr: Deno.NetAddr, request?: string): Promise<RawPeer> {
     const conn = await Deno.connect({ hostname: addr.hostname, port: addr.port });
-    const key = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16))));
-    const text = request ??
-      `GET /ws/stream HTTP/1.1\r\nHost: ${addr.hostname}:${addr.port}\r\nUpgrade: websocket\r\n` +
-        `Connection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`;
-    await writeAll(conn, new TextEncoder().encode(text));
+    await writeAll(conn, new TextEncoder().encode(request ?? upgradeRequest(addr)));
     const head = await readHead(conn);
     const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(head)?.[1] ?? 0);
     return new RawPeer(conn, { status, head });

@@ -7,17 +7,10 @@ import assert from "node:assert/strict";
 import { NatsServer } from "../helpers/nats_server.ts";
 import { Publisher, signal } from "../helpers/fixtures.ts";
 import { GatewayProcess } from "../helpers/process.ts";
+import { upgradeRequest } from "../helpers/raw_ws.ts";
 
 /** More than one Deno listener queues (511 + 1), fewer than GATEWAY_LISTEN_BACKLOG=2048. */
 const STORM = 1500;
-
-function upgradeRequest(addr: Deno.NetAddr): Uint8Array {
-  const key = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16))));
-  return new TextEncoder().encode(
-    `GET /ws/stream HTTP/1.1\r\nHost: ${addr.hostname}:${addr.port}\r\nUpgrade: websocket\r\n` +
-      `Connection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
-  );
-}
 
 /** Reads until the 101 and a frame holding `marker` came (a server frame's payload is plain). */
 async function readUntil(conn: Deno.Conn, marker: string): Promise<string> {
@@ -95,7 +88,9 @@ Deno.test({
         ]).finally(() => clearTimeout(timer));
         assert.equal(conns.length, STORM, `connects that completed while the gateway was stopped`);
         // The request goes out at once too: the kernel holds it for the gateway.
-        await Promise.all(conns.map((conn) => conn.write(upgradeRequest(addr))));
+        await Promise.all(
+          conns.map((conn) => conn.write(new TextEncoder().encode(upgradeRequest(addr)))),
+        );
       } finally {
         resumed = true;
         Deno.kill(pid, "SIGCONT");
