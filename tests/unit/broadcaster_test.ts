@@ -2,15 +2,22 @@ import assert from "node:assert/strict";
 import { Broadcaster, CloseCode } from "../../lib/broadcaster.ts";
 import { FakeSocket } from "../helpers/fake_socket.ts";
 
+/**
+ * A broadcaster on a fake clock whose drain ticks the test runs itself (`tick`): what a tick
+ * does is asserted at once, never after a sleep a busy machine could outlast.
+ */
 function broadcaster(overrides: Partial<ConstructorParameters<typeof Broadcaster>[0]> = {}) {
   let now = 0;
+  let drainTick: (() => void) | undefined;
   const counts = { delivered: 0, bytes: 0, conflated: 0, slowClosed: 0, sendFailed: 0 };
   const b = new Broadcaster(
     {
       clientBufferBytes: 100,
       slowClientTimeoutMs: 1000,
-      drainCheckMs: 1,
+      drainCheckMs: 20,
       now: () => now,
+      setInterval: (tick) => (drainTick = tick),
+      clearInterval: () => (drainTick = undefined),
       ...overrides,
     },
     {
@@ -23,7 +30,15 @@ function broadcaster(overrides: Partial<ConstructorParameters<typeof Broadcaster
       sendFailed: () => counts.sendFailed++,
     },
   );
-  return { b, counts, advance: (ms: number) => (now += ms) };
+  return {
+    b,
+    counts,
+    advance: (ms: number) => (now += ms),
+    /** Runs one drain check, as the interval would every `drainCheckMs`. */
+    tick: () => drainTick?.(),
+    /** Whether a drain check is scheduled (some client is behind). */
+    ticking: () => drainTick !== undefined,
+  };
 }
 
 Deno.test("broadcast sends the same payload to every client, in order", () => {
@@ -100,8 +115,8 @@ Deno.test("remove is idempotent and adding twice keeps one entry", () => {
   assert.deepEqual(s.sent, []);
 });
 
-Deno.test("a client over its buffer bound is conflated to the newest payload", async () => {
-  const { b, counts } = broadcaster({ clientBufferBytes: 25 });
+Deno.test("a client over its buffer bound is conflated to the newest payload", () => {
+  const { b, counts, tick, ticking } = broadcaster({ clientBufferBytes: 25 });
   const slow = new FakeSocket();
   const fast = new FakeSocket();
   b.add(slow);
@@ -113,24 +128,35 @@ Deno.test("a client over its buffer bound is conflated to the newest payload", a
   assert.ok(slow.bufferedAmount <= 25 + 20);
   assert.equal(fast.sent.length, 10);
   assert.equal(counts.conflated, 8);
+  assert.ok(ticking(), "a client behind is checked for room");
+  tick(); // still no room: nothing more goes out
+  assert.equal(slow.sent.length, 1);
   slow.drain();
-  await new Promise((resolve) => setTimeout(resolve, 10));
+  tick();
   assert.deepEqual(slow.sent, ['{"n":0,"pad":"xxxx"}', '{"n":9,"pad":"xxxx"}']);
+  assert.ok(!ticking(), "nobody behind: the check stops");
   b.broadcast('{"n":10}');
   assert.equal(slow.sent.at(-1), '{"n":10}');
   b.closeAll(CloseCode.goingAway, "test done");
 });
 
-Deno.test("a client stuck past the slow timeout is closed with 4008", async () => {
-  const { b, counts, advance } = broadcaster({ clientBufferBytes: 10, slowClientTimeoutMs: 500 });
+Deno.test("a client stuck past the slow timeout is closed with 4008", () => {
+  const { b, counts, advance, tick } = broadcaster({
+    clientBufferBytes: 10,
+    slowClientTimeoutMs: 500,
+  });
   const slow = new FakeSocket();
   b.add(slow);
   slow.stalled = true;
   b.broadcast('{"n":"first"}');
   b.broadcast('{"n":"second"}');
   assert.equal(b.size, 1);
-  advance(600);
-  await new Promise((resolve) => setTimeout(resolve, 10));
+  advance(499);
+  tick();
+  assert.equal(b.size, 1, "not closed before the timeout");
+  assert.equal(slow.closedWith, undefined);
+  advance(1);
+  tick();
   assert.equal(b.size, 0);
   assert.deepEqual(slow.closedWith, { code: 4008, reason: "slow consumer" });
   assert.equal(counts.slowClosed, 1);
@@ -160,8 +186,8 @@ Deno.test("closeAll closes every client with the given code", () => {
   assert.equal(b.size, 0);
 });
 
-Deno.test("delivered bytes are the UTF-8 size, for the snapshot and catch-up sends too", async () => {
-  const { b, counts } = broadcaster({ clientBufferBytes: 10 });
+Deno.test("delivered bytes are the UTF-8 size, for the snapshot and catch-up sends too", () => {
+  const { b, counts, tick } = broadcaster({ clientBufferBytes: 10 });
   const payload = '{"é":"ü"}'; // 9 UTF-16 units, 11 UTF-8 bytes
   b.broadcast(payload, 11);
   const late = new FakeSocket();
@@ -172,13 +198,13 @@ Deno.test("delivered bytes are the UTF-8 size, for the snapshot and catch-up sen
   b.broadcast(payload, 11); // over the bound: kept as pending
   assert.deepEqual([counts.delivered, counts.bytes], [2, 22]);
   late.drain();
-  await new Promise((resolve) => setTimeout(resolve, 10));
+  tick();
   assert.deepEqual([counts.delivered, counts.bytes], [3, 33]);
   b.closeAll(1001, "done");
 });
 
-Deno.test("a client that fell behind and has room again gets the newest payload once", async () => {
-  const { b } = broadcaster({ clientBufferBytes: 10 });
+Deno.test("a client that fell behind and has room again gets the newest payload once", () => {
+  const { b, tick } = broadcaster({ clientBufferBytes: 10 });
   const s = new FakeSocket();
   b.add(s);
   s.stalled = true;
@@ -186,7 +212,8 @@ Deno.test("a client that fell behind and has room again gets the newest payload 
   b.broadcast('{"n":2}'); // over the bound: owed the newest
   s.drain(); // room again, before the drain tick
   b.broadcast('{"n":3}'); // sent directly; the client is owed nothing now
-  await new Promise((resolve) => setTimeout(resolve, 10)); // drain ticks run
+  tick();
+  tick();
   assert.deepEqual(s.sent, ['{"n":1}', '{"n":3}']);
   b.closeAll(1001, "done");
 });

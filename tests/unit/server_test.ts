@@ -16,11 +16,20 @@ function setup(
     viewerPage?: string;
   } = {},
 ) {
-  const broadcaster = new Broadcaster({ clientBufferBytes: 1000, slowClientTimeoutMs: 1000 });
+  // One fake clock for the handler and the Broadcaster; the Broadcaster's drain checks run
+  // when a test calls `drainTick`, never on a timer a busy machine could delay.
+  let now = 0;
+  let drainTick: (() => void) | undefined;
+  const broadcaster = new Broadcaster({
+    clientBufferBytes: 1000,
+    slowClientTimeoutMs: 1000,
+    now: () => now,
+    setInterval: (tick) => (drainTick = tick),
+    clearInterval: () => (drainTick = undefined),
+  });
   const metrics = new GatewayMetrics(() => broadcaster.size);
   const sessions = new Sessions({ metrics, openTimeoutMs: overrides.openTimeoutMs ?? 50 });
   const sockets: FakeSocket[] = [];
-  let now = 0;
   const upgrade: Upgrade = (request) => {
     if (request.headers.get("upgrade")?.toLowerCase() !== "websocket") {
       throw new TypeError("Invalid Header: 'upgrade' header must contain 'websocket'");
@@ -71,6 +80,7 @@ function setup(
     open,
     close,
     advance: (ms: number) => (now += ms),
+    drainTick: () => drainTick?.(),
   };
 }
 
@@ -251,7 +261,7 @@ Deno.test("upgrades reset before they open are let go after the open bound: no l
 
 Deno.test("sockets the gateway closed count against the limit until their close event", async () => {
   const token = "s3cret-token-0123456789";
-  const { handler, broadcaster, sockets, open, close, sessions } = setup({
+  const { handler, broadcaster, sockets, open, close, sessions, advance, drainTick } = setup({
     maxConnections: 3,
     authTokens: [token],
   });
@@ -264,7 +274,12 @@ Deno.test("sockets the gateway closed count against the limit until their close 
   sockets[2].stalled = true;
   broadcaster.broadcast("x".repeat(600));
   broadcaster.broadcast("y".repeat(600));
-  await new Promise((resolve) => setTimeout(resolve, 1100)); // past the slow timeout
+  advance(999);
+  drainTick();
+  const beforeTimeout = sockets[2].closedWith;
+  assert.equal(beforeTimeout, undefined, "behind, but not yet for the slow timeout");
+  advance(1); // the slow timeout (1000 ms)
+  drainTick();
   assert.equal(sockets[2].closedWith?.code, 4008);
   assert.equal(broadcaster.size, 0);
   assert.equal(sockets[0].closedWith?.code, 1008);
