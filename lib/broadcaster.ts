@@ -44,26 +44,11 @@ export interface BroadcasterOptions {
    */
   readonly clientMaxQueueMs?: number;
   /**
-   * How many payloads a client may have waiting in Deno's queue (not yet handed to the kernel)
-   * when a new one comes: past that it is conflated, and the drain sends it the newest once
-   * it has room — only while the gateway's loop is behind (`loop`). Default 4.
-   * Deno writes queued frames only when JavaScript yields, and under overload the messages
-   * that waited meanwhile arrive in one burst: with the byte bound alone each burst queued up
-   * to ~31 snapshots per client (256 KiB), all written late and then superseded, and the
-   * relay's cycle (and the age of what clients see) grew with it. The time bound cannot see
-   * this (a burst takes milliseconds). 0: the byte and time bounds alone.
+   * Milliseconds the gateway's loop has spent stalled so far (lib/loop_lag.ts): not counted in
+   * how long a payload waited in a client's queue, since a stall holds every client's writes.
+   * Default: none.
    */
-  readonly clientMaxQueuedPayloads?: number;
-  /**
-   * Whether the gateway's loop is behind (lib/loop_lag.ts): the count bound holds only then, so
-   * a burst on a loop that keeps up (a publisher's, a reconnect's catch-up) reaches every client
-   * whole. Told, per payload, how many clients were offered it, how many were held back, and
-   * how many bytes the others had waiting in Deno's queues. Absent: always holds.
-   */
-  readonly loop?: {
-    readonly behind: boolean;
-    record(offered: number, held: number, unwritten: number): void;
-  };
+  readonly stalledMs?: () => number;
   /** How often clients that are behind are checked for room. Default 20 ms. */
   readonly drainCheckMs?: number;
   readonly now?: () => number;
@@ -89,28 +74,17 @@ interface Client {
   readonly socket: ClientSocket;
   /** When the client first went over its bound (ms), or -1. */
   behindSince: number;
-  /**
-   * Whether the count bound (not the byte or age bound) put it behind: only those deliveries
-   * tell the gate (`loop`) that it is shedding load. A client that stopped reading is behind by
-   * its own bounds; counting it would keep the count bound on for everyone while it stays.
-   */
-  heldByCount: boolean;
-  /** sentBytes - bufferedAmount when it fell behind: no more written since means it stopped reading. */
-  writtenWhenBehind: number;
   /** The #generation of the last payload sent to it: the drain never sends one twice. */
   sentGeneration: number;
   /** Bytes ever sent to it; minus bufferedAmount, what Deno has written to the kernel. */
   sentBytes: number;
   /**
-   * Payloads still queued, oldest first, as pairs [end offset in sentBytes, time sent], from
-   * index `queueHead`: the oldest one's age is the client's lag. Empty unless it lags.
+   * Payloads still queued, oldest first, as pairs [end offset in sentBytes, running time when
+   * sent (see #startPass)], from index `queueHead`: the oldest one's age is the client's lag.
    */
   queue: number[];
   queueHead: number;
 }
-
-/** Behind this long (ms) with nothing written: a client that stopped reading, not load. */
-const STALLED_AFTER_MS = 100;
 
 export class Broadcaster {
   readonly #clients = new Map<ClientSocket, Client>();
@@ -126,17 +100,14 @@ export class Broadcaster {
   /** Bumped with each new #latest, so a client's last payload is known without comparing text. */
   #generation = 0;
   #drainTimer: unknown;
-  /** Bytes waiting in the queues of the clients the current broadcast was sent to. */
-  #unwritten = 0;
-  /** Deliveries of the current broadcast the count bound held back (see Client.heldByCount). */
-  #heldByCount = 0;
+  /** The clock of the current pass over the clients (#startPass). */
+  #passTime = 0;
 
   constructor(options: BroadcasterOptions, events: BroadcasterEvents = {}) {
     this.#options = {
       drainCheckMs: 20,
       clientMaxQueueMs: 0,
-      clientMaxQueuedPayloads: 4,
-      loop: { behind: true, record: () => {} },
+      stalledMs: () => 0,
       now: Date.now,
       setInterval: (tick, ms) => setInterval(tick, ms),
       clearInterval: (id) => clearInterval(id as ReturnType<typeof setInterval>),
@@ -171,8 +142,6 @@ export class Broadcaster {
     const client: Client = {
       socket,
       behindSince: -1,
-      heldByCount: false,
-      writtenWhenBehind: 0,
       sentGeneration: 0,
       sentBytes: 0,
       queue: [],
@@ -181,6 +150,7 @@ export class Broadcaster {
     this.#clients.set(socket, client);
     this.#events.joined?.(socket);
     if (!this.#clients.has(socket)) return; // the listener sent it elsewhere
+    this.#startPass();
     if (this.#latest !== null && this.#deliver(client, this.#latest)) {
       this.#events.delivered?.(1, this.#latestBytes);
     }
@@ -207,27 +177,35 @@ export class Broadcaster {
    * `byteLength` is the payload's UTF-8 size, for the delivered-bytes count.
    */
   broadcast(payload: string, byteLength = payload.length): void {
-    this.#latest = payload;
-    this.#latestBytes = byteLength;
-    this.#generation++;
-    const offered = this.#clients.size;
-    this.#unwritten = 0;
-    this.#heldByCount = 0;
+    this.seed(payload, byteLength);
+    this.#fanOut(true);
+  }
+
+  /**
+   * Sends the cached payload to every client that has not had it: after `seed` calls made while
+   * the route was behind its stream (the newest of what it skipped, once it caught up).
+   */
+  sendLatest(): void {
+    if (this.#latest !== null) this.#fanOut(false);
+  }
+
+  /** The cached payload to each client owed it; `countBehind`: a client behind misses it. */
+  #fanOut(countBehind: boolean): void {
+    const payload = this.#latest!;
     let delivered = 0;
     let superseded = 0;
+    this.#startPass();
     for (const client of this.#clients.values()) {
       if (client.behindSince >= 0) {
         // Owed the newest already: the drain sends it once there is room. Not asked again here,
-        // so a payload costs a client that is behind (all of them, under overload) no op call.
+        // so a payload costs a client that is behind no op call.
         superseded++;
-        if (client.heldByCount) this.#heldByCount++;
-      } else if (this.#deliver(client, payload)) {
+      } else if (client.sentGeneration !== this.#generation && this.#deliver(client, payload)) {
         delivered++;
       }
     }
-    if (delivered > 0) this.#events.delivered?.(delivered, delivered * byteLength);
-    if (superseded > 0) this.#events.conflated?.(superseded);
-    this.#options.loop.record(offered, this.#heldByCount, this.#unwritten);
+    if (delivered > 0) this.#events.delivered?.(delivered, delivered * this.#latestBytes);
+    if (countBehind && superseded > 0) this.#events.conflated?.(superseded);
   }
 
   /** Closes every client with `code` and forgets them. */
@@ -251,12 +229,8 @@ export class Broadcaster {
       return false;
     }
     const queued = socket.bufferedAmount;
-    this.#unwritten += queued;
     if (queued > 0 && this.#overBound(client, queued, payload.length)) {
       client.behindSince = this.#options.now();
-      client.heldByCount = this.#overCount(queued);
-      client.writtenWhenBehind = client.sentBytes - queued;
-      if (client.heldByCount) this.#heldByCount++;
       this.#behind.add(client);
       if (this.#options.slowClientTimeoutMs === 0) {
         this.#closeSlow(client);
@@ -270,16 +244,15 @@ export class Broadcaster {
 
   /** Whether a client with `queued` bytes waiting must not be sent `bytes` more now. */
   #overBound(client: Client, queued: number, bytes: number): boolean {
-    return this.#overCount(queued) ||
-      queued + bytes > this.#options.clientBufferBytes ||
-      this.#tooOld(client, queued);
+    return queued + bytes > this.#options.clientBufferBytes || this.#tooOld(client, queued);
   }
 
-  /** The count bound: only while the loop is behind (see `loop`). */
-  #overCount(queued: number): boolean {
-    const maxQueued = this.#options.clientMaxQueuedPayloads;
-    // bufferedAmount counts UTF-8 bytes: compared with the payload's UTF-8 size, not its length.
-    return maxQueued > 0 && queued >= maxQueued * this.#latestBytes && this.#options.loop.behind;
+  /**
+   * Reads the clock a payload's wait is measured on (wall time less the gateway's stalls) once
+   * per pass over the clients: a pass takes milliseconds, and the reading costs a system call.
+   */
+  #startPass(): void {
+    this.#passTime = this.#options.now() - this.#options.stalledMs();
   }
 
   /** Sends the newest payload; a client sent it is owed nothing, so it leaves the behind set. */
@@ -290,7 +263,6 @@ export class Broadcaster {
       if (this.#options.clientMaxQueueMs > 0) this.#queued(client, queued);
       client.sentGeneration = this.#generation;
       client.behindSince = -1;
-      client.heldByCount = false;
       this.#behind.delete(client);
       return true;
     } catch (err) {
@@ -307,7 +279,7 @@ export class Broadcaster {
       client.queue.length = 0;
       client.queueHead = 0;
     }
-    client.queue.push(client.sentBytes, this.#options.now());
+    client.queue.push(client.sentBytes, this.#passTime);
   }
 
   /** Whether the oldest payload still in the client's queue has waited past the bound. */
@@ -326,7 +298,7 @@ export class Broadcaster {
     }
     client.queueHead = head;
     return head < queue.length &&
-      this.#options.now() - queue[head + 1] > this.#options.clientMaxQueueMs;
+      this.#passTime - queue[head + 1] > this.#options.clientMaxQueueMs;
   }
 
   #closeSlow(client: Client): void {
@@ -342,6 +314,7 @@ export class Broadcaster {
   /** Sends the newest payload to each client that has room again; closes those stuck too long. */
   #drainBehind(): void {
     const now = this.#options.now();
+    this.#startPass();
     for (const client of [...this.#behind]) {
       const socket = client.socket;
       if (socket.readyState !== OPEN) {
@@ -354,19 +327,10 @@ export class Broadcaster {
         // Already has the newest (sent directly since it fell behind): owed nothing.
         this.#behind.delete(client);
         client.behindSince = -1;
-        client.heldByCount = false;
       } else if (queued === 0 || !this.#overBound(client, queued, payload.length)) {
         if (this.#send(client, payload, queued)) this.#events.delivered?.(1, this.#latestBytes);
-      } else {
-        if (
-          client.heldByCount && now - client.behindSince >= STALLED_AFTER_MS &&
-          client.sentBytes - queued <= client.writtenWhenBehind
-        ) {
-          // Nothing written since it fell behind: it stopped reading, and holding it back is
-          // its own bound's doing, not load the gateway sheds (the gate would stay on for all).
-          client.heldByCount = false;
-        }
-        if (now - client.behindSince >= this.#options.slowClientTimeoutMs) this.#closeSlow(client);
+      } else if (now - client.behindSince >= this.#options.slowClientTimeoutMs) {
+        this.#closeSlow(client);
       }
     }
     this.#stopDrainTimerIfIdle();

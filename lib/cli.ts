@@ -74,10 +74,6 @@ export const VARIABLE_HELP: Readonly<Record<string, readonly [string, string]>> 
   GATEWAY_CLIENT_BUFFER_BYTES: ["262144", "bytes a client may have queued before conflation"],
   GATEWAY_SLOW_CLIENT_TIMEOUT_MS: ["10000", "a client over its buffer this long is closed (4008)"],
   GATEWAY_CLIENT_MAX_QUEUE_MS: ["100", "a snapshot queued longer conflates the client; 0 = off"],
-  GATEWAY_CLIENT_MAX_QUEUED_SNAPSHOTS: [
-    "4",
-    "while the gateway is behind, unwritten snapshots before conflation; 0 = off",
-  ],
   GATEWAY_MAX_CONNECTIONS: ["10000", "past it, upgrades get HTTP 503; 0 = no limit"],
   GATEWAY_LISTEN_BACKLOG: [
     "8192",

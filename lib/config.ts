@@ -119,16 +119,6 @@ export interface Config {
    * is shown stays fresh under overload. Default 100. 0: only the byte bound applies.
    */
   readonly clientMaxQueueMs: number;
-  /**
-   * GATEWAY_CLIENT_MAX_QUEUED_SNAPSHOTS: how many snapshots a client may have waiting in Deno's
-   * send queue (not yet written to the kernel); a new one beyond that conflates it: it gets the
-   * newest once it has room. Deno writes queued frames only when JavaScript yields, so under
-   * overload a queue of old snapshots is what ages a screen. It holds only while the gateway is
-   * behind (lib/loop_lag.ts: its event loop ran 100 ms late or Deno's queues filled, and the
-   * bound holds back most deliveries): a burst on a loop that keeps up (a publisher's, the batch
-   * a kept consumer delivers after a reconnect) reaches every client whole. Default 4. 0: off.
-   */
-  readonly clientMaxQueuedSnapshots: number;
   /** GATEWAY_MAX_CONNECTIONS: past it, upgrades get HTTP 503. Default 10000; 0 means no limit. */
   readonly maxConnections: number;
   /**
@@ -245,7 +235,6 @@ export const ENV_VARIABLES = [
   "GATEWAY_CLIENT_BUFFER_BYTES",
   "GATEWAY_SLOW_CLIENT_TIMEOUT_MS",
   "GATEWAY_CLIENT_MAX_QUEUE_MS",
-  "GATEWAY_CLIENT_MAX_QUEUED_SNAPSHOTS",
   "GATEWAY_MAX_CONNECTIONS",
   "GATEWAY_LISTEN_BACKLOG",
   "GATEWAY_IDLE_TIMEOUT_S",
@@ -651,7 +640,6 @@ export function parseConfig(env: Env, cpus = navigator.hardwareConcurrency): Con
       0,
     ),
     clientMaxQueueMs: readInteger(env, "GATEWAY_CLIENT_MAX_QUEUE_MS", 100, 0, 60_000),
-    clientMaxQueuedSnapshots: readInteger(env, "GATEWAY_CLIENT_MAX_QUEUED_SNAPSHOTS", 4, 0, 10_000),
     maxConnections: readInteger(env, "GATEWAY_MAX_CONNECTIONS", 10_000, 0),
     listenBacklog: readInteger(env, "GATEWAY_LISTEN_BACKLOG", 8192, 1, 65_535),
     idleTimeoutSeconds: readInteger(env, "GATEWAY_IDLE_TIMEOUT_S", 30, 0, 3600),
@@ -728,7 +716,6 @@ export function describeConfig(config: Config): Record<string, unknown> {
     listen_backlog: config.listenBacklog,
     client_buffer_bytes: config.clientBufferBytes,
     client_max_queue_ms: config.clientMaxQueueMs,
-    client_max_queued_snapshots: config.clientMaxQueuedSnapshots,
     slow_client_timeout_ms: config.slowClientTimeoutMs,
     idle_timeout_s: config.idleTimeoutSeconds,
     client_max_frame_bytes: config.clientMaxFrameBytes,

@@ -11,7 +11,7 @@ import { DeadLetters } from "./dead_letters.ts";
 import { listenersPerIsolate } from "./backlog.ts";
 import { connectionCap, readFdLimit, type ResilientServer, serveResilient } from "./fd_limit.ts";
 import type { HealthReport, InstanceReport, LocalState, ProcessView } from "./health.ts";
-import { createLogger, type Logger, rateLimited } from "./log.ts";
+import { createLogger, type Logger } from "./log.ts";
 import { LoopLag } from "./loop_lag.ts";
 import { GatewayMetrics } from "./metrics.ts";
 import { connectNats, NatsUnavailableError } from "./nats/connection.ts";
@@ -116,11 +116,11 @@ class RunningInstance implements Gateway {
       undefined,
       config.routes.map((route) => route.path),
     );
-    this.#loop = this.#watchLoop();
+    this.#loop = new LoopLag();
     this.metrics.onSnapshot(() => {
       this.routes.forEach((route) => route.updateGauges());
       this.metrics.eventLoopLate.set(this.#loop.worstLateMs / 1000);
-      this.metrics.loadShedding.set(this.#loop.behind ? 1 : 0);
+      this.metrics.loadShedding.set(this.routes.some((route) => route.shedding) ? 1 : 0);
     });
     this.metrics.startTime.set(Math.floor(this.#startedAt / 1000));
     this.metrics.natsConnected.set(1);
@@ -134,25 +134,6 @@ class RunningInstance implements Gateway {
 
   readonly #routesFailed: (error: Error) => void;
 
-  /** When the loop runs late the count bound holds (lib/loop_lag.ts); said in the log. */
-  #watchLoop(): LoopLag {
-    const config = this.#config;
-    const behind = rateLimited(this.#logger.warn, 10_000);
-    const caughtUp = rateLimited(this.#logger.info, 10_000);
-    return new LoopLag({
-      changed: (isBehind, late) => {
-        if (isBehind) {
-          behind("gateway behind: clients with this many unwritten snapshots get only the newest", {
-            loop_late_ms: Math.round(late),
-            max_queued_snapshots: config.clientMaxQueuedSnapshots,
-          });
-        } else {
-          caughtUp("gateway caught up");
-        }
-      },
-    });
-  }
-
   get addr(): Deno.NetAddr {
     return this.#servers[0].addr;
   }
@@ -164,7 +145,7 @@ class RunningInstance implements Gateway {
   /** Streams, routes (each consuming before anyone is served), then the listeners. */
   async start(): Promise<void> {
     const config = this.#config;
-    if (config.clientMaxQueuedSnapshots > 0) this.#loop.start();
+    this.#loop.start();
     const streams = await resolveStreams(this.#nc, config, this.#logger);
     const table = new RouteTable(config.routes);
     const deadLetters = config.deadLetterSubject

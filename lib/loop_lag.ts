@@ -1,84 +1,68 @@
 /**
- * Whether the gateway itself is behind, which is when the broadcasters' count bound
- * (GATEWAY_CLIENT_MAX_QUEUED_SNAPSHOTS) holds.
- *
- * Deno writes the frames JavaScript queued only while JavaScript yields. When the gateway cannot
- * keep up (more messages × clients than one core writes), the loop runs in long cycles: messages
- * wait in the NATS socket while Deno writes, then come in one burst, and with only a byte bound
- * each burst queues up to ~31 snapshots per client, so every client sees data as old as the
- * cycle, and Deno's queues hold up to 256 KiB per client. That is when the count bound must hold:
- * each client gets at most that many unwritten snapshots, and the newest when it has room.
- *
- * A burst alone is not that: a publisher's burst, or what a kept consumer delivers at once after
- * a reconnect, arrives in one read too, and a loop that keeps up writes it within milliseconds.
- * Conflating it would cost clients that keep up a message for nothing. So the gateway is behind
- * for `holdMs` after
- * - a tick more than `lateMs` late (the loop's cycles are long), or
- * - a payload fanned out while Deno's queues held more than `maxUnwrittenBytes` in all (the
- *   start of an overload, before a tick can be late: this keeps the queues, and memory, small),
- * and stays behind while, over each 250 ms, the bound and the clients it left behind hold back at
- * least `shedRatio` of the deliveries (`record`): the bound shortens the cycles that tripped it
- * (under overload at 600 msg/s ticks are then 35-60 ms late, as at 100 msg/s on a loop that keeps
- * up), and only the share held back tells the two apart (~85% against ~20%).
+ * How late the gateway's event loop runs: a timer due every `intervalMs` notes how late each
+ * tick fires. Two uses:
+ * - `worstLateMs`, the gauge gateway_event_loop_late_seconds;
+ * - `stalledMs()`, the time the process has spent stalled so far: lateness while it was not
+ *   running (wall time less its CPU time), as when a busy machine deschedules it. The
+ *   broadcasters subtract it from how long a payload waited in a client's queue, so a client is
+ *   conflated for its own slowness, never for a stall that held every client's writes alike.
+ *   Lateness while the gateway was busy with its own work is not a stall: under overload the
+ *   clients' queues age as they should.
  */
+import process from "node:process";
 
-/** A tick this late means the gateway is behind (overload cycles run 250-350 ms). */
-export const LOOP_LATE_MS = 100;
-
-/** Bytes waiting in Deno's queues, all clients together, past which the gateway is behind. */
-export const MAX_UNWRITTEN_BYTES = 64 * 1024 * 1024;
-
-export interface LoopLagOptions {
-  /** A tick this much later than due (ms) means the loop is behind. Default LOOP_LATE_MS. */
-  readonly lateMs?: number;
-  /** Unwritten bytes (all clients) past which a fan-out means behind. Default MAX_UNWRITTEN_BYTES. */
-  readonly maxUnwrittenBytes?: number;
-  /** How long (ms) the loop counts as behind after a trip or a window that shed enough. */
-  readonly holdMs?: number;
-  /** The share of deliveries held back over a window that keeps the loop behind. Default 0.5. */
-  readonly shedRatio?: number;
-  /** How often the loop is sampled (ms). */
-  readonly intervalMs?: number;
-  readonly now?: () => number;
-  /** Told when the state changes (for logs and metrics). */
-  readonly changed?: (behind: boolean, lateMs: number) => void;
+/** The process's CPU time (user + system), in ms. */
+export function cpuTimeMs(): number {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1000;
 }
 
+export interface LoopLagOptions {
+  /** How often the loop is sampled (ms). Default 50. */
+  readonly intervalMs?: number;
+  /** Monotonic clock (ms). Default performance.now. */
+  readonly now?: () => number;
+  /** The process's CPU time (ms). Default cpuTimeMs. */
+  readonly cpuNow?: () => number;
+  /** Wall clock (ms since the epoch) for stalledSince. Default Date.now. */
+  readonly wallNow?: () => number;
+}
+
+/** Ticks remembered for stalledSince: 200 × 50 ms = 10 s. */
+const SAMPLES = 200;
+
 export class LoopLag {
-  readonly #lateMs: number;
-  readonly #maxUnwrittenBytes: number;
-  readonly #holdMs: number;
   readonly #intervalMs: number;
-  readonly #shedRatio: number;
   readonly #now: () => number;
-  readonly #changed: (behind: boolean, lateMs: number) => void;
+  readonly #cpuNow: () => number;
+  readonly #wallNow: () => number;
   #timer: ReturnType<typeof setInterval> | undefined;
   #lastTick = 0;
-  #behindUntil = -Infinity;
-  #reported = false;
-  /** Deliveries offered and held back since `#shedSince`: judged every 250 ms. */
-  #offered = 0;
-  #held = 0;
-  #shedSince = 0;
+  #cpuAtLastTick = 0;
+  /** Time stalled at every tick so far, summed (ms). */
+  #stalled = 0;
+  /** [Date.now() at a tick, #stalled then], the last SAMPLES ticks: for stalledSince. */
+  readonly #samples: number[] = [];
   /** Worst lateness (ms) in the current and the previous window of one second. */
   #worst = 0;
   #worstBefore = 0;
   #windowStart = 0;
 
   constructor(options: LoopLagOptions = {}) {
-    this.#lateMs = options.lateMs ?? LOOP_LATE_MS;
-    this.#maxUnwrittenBytes = options.maxUnwrittenBytes ?? MAX_UNWRITTEN_BYTES;
-    this.#holdMs = options.holdMs ?? 1000;
     this.#intervalMs = options.intervalMs ?? 50;
-    this.#shedRatio = options.shedRatio ?? 0.5;
-    this.#now = options.now ?? Date.now;
-    this.#changed = options.changed ?? (() => {});
+    this.#now = options.now ?? (() => performance.now());
+    this.#cpuNow = options.cpuNow ?? cpuTimeMs;
+    this.#wallNow = options.wallNow ?? Date.now;
+    this.#samples.push(this.#wallNow(), 0);
+    this.#lastTick = this.#windowStart = this.#now();
+    this.#cpuAtLastTick = this.#cpuNow();
   }
 
   /** Starts sampling; the timer does not keep the process alive. */
   start(): void {
     if (this.#timer !== undefined) return;
-    this.#lastTick = this.#windowStart = this.#shedSince = this.#now();
+    this.#lastTick = this.#windowStart = this.#now();
+    this.#cpuAtLastTick = this.#cpuNow();
     this.#timer = setInterval(() => this.tick(), this.#intervalMs);
     Deno.unrefTimer(this.#timer);
   }
@@ -91,43 +75,43 @@ export class LoopLag {
   /** One sample (the timer's; tests call it with their own clock). */
   tick(): void {
     const now = this.#now();
-    const late = Math.max(0, now - this.#lastTick - this.#intervalMs);
+    const cpu = this.#cpuNow();
+    const late = this.#lateAt(now);
+    this.#stalled += this.#stallAt(now, cpu);
     this.#lastTick = now;
+    this.#cpuAtLastTick = cpu;
+    this.#samples.push(this.#wallNow(), this.#stalled);
+    if (this.#samples.length > 2 * SAMPLES) this.#samples.splice(0, 2);
     if (now - this.#windowStart >= 1000) {
       this.#worstBefore = this.#worst;
       this.#worst = 0;
       this.#windowStart = now;
     }
     this.#worst = Math.max(this.#worst, late);
-    if (late > this.#lateMs) this.#behindUntil = now + this.#holdMs;
-    if (now - this.#shedSince >= 250) {
-      const shedding = this.#held > 0 && this.#held >= this.#shedRatio * this.#offered;
-      if (shedding && now < this.#behindUntil) this.#behindUntil = now + this.#holdMs;
-      this.#offered = this.#held = 0;
-      this.#shedSince = now;
-    }
-    this.#report(now, late);
   }
 
   /**
-   * Whether the loop counts as behind, as of its last tick: asked for every client a payload
-   * would overfill, so it reads no clock (a stalled loop's next tick is late, and says so).
+   * Milliseconds the process has been stalled since it was made, including the tick overdue now
+   * (a stall just ended is counted before its tick runs).
    */
-  get behind(): boolean {
-    return this.#lastTick < this.#behindUntil;
+  stalledMs(): number {
+    return this.#stalled + this.#stallAt(this.#now(), this.#cpuNow());
   }
 
   /**
-   * One payload's fan-out: `offered` clients, `held` of them not sent it by the count bound (or
-   * still behind because of it; a client behind by its own byte or age bound, one that stopped
-   * reading, is not load the gateway sheds), `unwritten` bytes already waiting in their queues.
+   * Milliseconds stalled since `wallMs` (a Date.now() time within the last ~10 s; an earlier one
+   * counts from the oldest tick kept).
    */
-  record(offered: number, held: number, unwritten: number): void {
-    this.#offered += offered;
-    this.#held += held;
-    if (unwritten > this.#maxUnwrittenBytes && !this.behind) {
-      this.#behindUntil = this.#lastTick + this.#holdMs;
+  stalledSince(wallMs: number): number {
+    const samples = this.#samples;
+    let before = samples.length > 0 ? samples[1] : 0;
+    for (let i = samples.length - 2; i >= 0; i -= 2) {
+      if (samples[i] <= wallMs) {
+        before = samples[i + 1];
+        break;
+      }
     }
+    return this.stalledMs() - before;
   }
 
   /** Worst lateness of a tick over the last one to two seconds, in ms. */
@@ -135,10 +119,13 @@ export class LoopLag {
     return Math.max(this.#worst, this.#worstBefore);
   }
 
-  #report(now: number, late: number): void {
-    const behind = now < this.#behindUntil;
-    if (behind === this.#reported) return;
-    this.#reported = behind;
-    this.#changed(behind, late);
+  #lateAt(now: number): number {
+    return Math.max(0, now - this.#lastTick - this.#intervalMs);
+  }
+
+  /** The lateness of a tick at `now` that the process spent not running. */
+  #stallAt(now: number, cpu: number): number {
+    const notRunning = now - this.#lastTick - (cpu - this.#cpuAtLastTick);
+    return Math.max(0, Math.min(this.#lateAt(now), notRunning));
   }
 }

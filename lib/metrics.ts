@@ -309,7 +309,7 @@ export class GatewayMetrics {
   );
   readonly loadShedding = new Gauge(
     "gateway_load_shedding",
-    "1 while the gateway is behind and each client gets at most GATEWAY_CLIENT_MAX_QUEUED_SNAPSHOTS unwritten snapshots.",
+    "1 while a route is behind its stream for over 150 ms and sends clients only the newest snapshots.",
     "max",
   );
   readonly startTime = new Gauge(
@@ -386,7 +386,7 @@ export class GatewayMetrics {
     this.messagesSkipped = new Counter(
       "gateway_nats_messages_skipped_total",
       "Messages not relayed although valid: older than what clients hold, duplicates, or (templated routes) a value not held.",
-      perRouteAnd("reason", ["superseded", "duplicate", "not_held"]),
+      perRouteAnd("reason", ["superseded", "duplicate", "not_held", "behind"]),
       "max",
     );
     this.invalidPayloads = new Counter(

@@ -103,3 +103,53 @@ export class FreshnessWatch {
     this.#behind = undefined;
   }
 }
+
+/**
+ * Whether a message is worth sending or only caching: a route sheds while it is behind, i.e.
+ * a message it handles is older than `maxAgeMs` and newer ones are already known (stored, or
+ * buffered by the client). A burst on a gateway that keeps up is handled within milliseconds and
+ * reaches clients whole; under overload messages age in the backlog, and clients skip to the
+ * newest, which is always sent.
+ *
+ * A message's age is its relay delay (receipt time less its stream time) less two things that
+ * are not the gateway falling behind: the clocks' offset, taken as the smallest delay seen over
+ * the last `floorWindowMs` (the NATS server's clock and ours may differ by more than a message
+ * takes), and the time the process was stalled meanwhile (lib/loop_lag.ts).
+ */
+export class BehindWatch {
+  #floor = Infinity;
+  #floorBefore = Infinity;
+  #floorSince = -Infinity;
+  #shedding = false;
+
+  constructor(readonly maxAgeMs: number, readonly floorWindowMs = 30_000) {}
+
+  /**
+   * One message, `newer` ones known after it, stored at `storedAtMs` by the stream's clock and
+   * handled at `now` by ours; `stalledSince(t)`: how long the process was stalled since our time
+   * t. True: cache it, do not send it.
+   */
+  shed(
+    newer: number,
+    storedAtMs: number,
+    now: number,
+    stalledSince: (wallMs: number) => number = () => 0,
+  ): boolean {
+    if (now - this.#floorSince >= this.floorWindowMs) {
+      this.#floorBefore = this.#floor;
+      this.#floor = Infinity;
+      this.#floorSince = now;
+    }
+    const delay = now - storedAtMs;
+    this.#floor = Math.min(this.#floor, delay);
+    const waited = delay - Math.min(this.#floor, this.#floorBefore);
+    const age = waited - (waited > this.maxAgeMs ? stalledSince(now - waited) : 0);
+    this.#shedding = newer > 0 && age > this.maxAgeMs;
+    return this.#shedding;
+  }
+
+  /** Whether the last message handled was shed. */
+  get shedding(): boolean {
+    return this.#shedding;
+  }
+}

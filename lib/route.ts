@@ -19,9 +19,25 @@ import { NatsUnavailableError } from "./nats/connection.ts";
 import { type BusMessage, SnapshotConsumer } from "./nats/consumer.ts";
 import { ask, ensureRelayedStream, isNotFound, newestSequence } from "./nats/streams.ts";
 import { checkPayload } from "./payload.ts";
-import { FreshnessWatch, RelayProgress } from "./relay.ts";
+import { BehindWatch, FreshnessWatch, RelayProgress } from "./relay.ts";
 import type { RouteSpec, RouteTable } from "./routes.ts";
 import { delay, errorMessage } from "./util.ts";
+import { setImmediate } from "node:timers";
+
+/**
+ * How old (ms, the gateway's stalls not counted) a message may be when handled and still be
+ * sent though newer ones are waiting (lib/relay.ts BehindWatch): under overload what clients
+ * see is then at most about this old plus one fan-out (600 msg/s × 1,000 clients: `deno task
+ * bench`, docs/performance.md).
+ */
+const MAX_BEHIND_MS = 150;
+
+/**
+ * Lets Deno write what the last message queued before the next is handled: each send starts a
+ * write that runs only when JavaScript yields, and messages that arrived together would
+ * otherwise all be queued first, filling every client's queue (and its bounds) in one go.
+ */
+const yieldToWrites = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 /** A consumer that has not received a stored message for this many checks is replaced. */
 const STALLED_CHECKS_BEFORE_RESTART = 3;
@@ -54,7 +70,7 @@ export interface RouteContext {
   readonly signal: AbortSignal;
   /** Whether the NATS connection is up (owned by the gateway). */
   readonly natsConnected: () => boolean;
-  /** Whether the gateway's loop is behind (the broadcasters' count bound holds only then). */
+  /** The gateway's stall clock: a client's queue wait does not count the gateway's stalls. */
   readonly loop?: LoopLag;
 }
 
@@ -76,8 +92,13 @@ export class Route {
   /** Stream-level progress: what was received, dead-lettered; the stream's identity. */
   readonly #progress = new RelayProgress();
   readonly #freshness = new FreshnessWatch();
+  readonly #behind = new BehindWatch(MAX_BEHIND_MS);
+  /** Topics given a message that was cached but not sent while the route was behind. */
+  readonly #unsent = new Set<Topic>();
   readonly #consuming = Promise.withResolvers<void>();
   readonly #logInvalid: (msg: string, fields?: Record<string, unknown>) => void;
+  readonly #logShedding: (msg: string, fields?: Record<string, unknown>) => void;
+  readonly #logCaughtUp: (msg: string, fields?: Record<string, unknown>) => void;
   #consumer: SnapshotConsumer | undefined;
   /** For seeding values at first use; made once at start. */
   #jsm: JetStreamManager | undefined;
@@ -99,6 +120,8 @@ export class Route {
     this.stream = ctx.stream;
     this.#label = { route: ctx.spec.path };
     this.#logInvalid = rateLimited(ctx.logger.warn, 10_000);
+    this.#logShedding = rateLimited(ctx.logger.warn, 10_000);
+    this.#logCaughtUp = rateLimited(ctx.logger.info, 10_000);
     if (ctx.spec.param === null) this.#topics.set("", this.#newTopic(null));
   }
 
@@ -111,6 +134,11 @@ export class Route {
     let count = 0;
     for (const topic of this.#topics.values()) count += topic.broadcaster.size;
     return count;
+  }
+
+  /** Whether the route is behind its stream and sends only the newest (gateway_load_shedding). */
+  get shedding(): boolean {
+    return this.#behind.shedding;
   }
 
   get valuesHeld(): number {
@@ -219,8 +247,7 @@ export class Route {
         clientBufferBytes: config.clientBufferBytes,
         slowClientTimeoutMs: config.slowClientTimeoutMs,
         clientMaxQueueMs: config.clientMaxQueueMs,
-        clientMaxQueuedPayloads: config.clientMaxQueuedSnapshots,
-        ...(this.#ctx.loop ? { loop: this.#ctx.loop } : {}),
+        ...(this.#ctx.loop ? { stalledMs: () => this.#ctx.loop!.stalledMs() } : {}),
       },
       {
         joined: (socket) => this.#joined(topic, socket),
@@ -375,7 +402,10 @@ export class Route {
 
   async #relay(consumer: SnapshotConsumer): Promise<void> {
     try {
-      for await (const message of consumer) this.#handle(message);
+      for await (const message of consumer) {
+        this.#handle(message);
+        await yieldToWrites();
+      }
     } catch (err) {
       if (!this.#ctx.signal.aborted) {
         this.#ctx.logger.error("relay stopped", { route: this.spec.path, error: err });
@@ -415,12 +445,52 @@ export class Route {
       return;
     }
     topic.progress.relayed(message.streamSequence);
-    topic.broadcaster.broadcast(checked.text, message.data.byteLength);
-    metrics.messagesRelayed.inc(label);
+    this.#send(topic, checked.text, message);
     const now = Date.now();
     this.#lastMessageTs = now;
     metrics.lastMessageTimestamp.set(now / 1000, label);
     metrics.relayDelay.observe(Math.max(0, now - message.timestampMs) / 1000, label);
+  }
+
+  /**
+   * Sends a message to its topic's clients, or, while the route is behind its stream, only
+   * caches it: the newest of each topic is sent once the route has caught up (the message with
+   * nothing newer after it), so clients skip what was superseded before they could get it.
+   */
+  #send(topic: Topic, text: string, message: BusMessage): void {
+    const { metrics } = this.#ctx;
+    const wasShedding = this.#behind.shedding;
+    const loop = this.#ctx.loop;
+    const stalledSince = loop ? (wallMs: number) => loop.stalledSince(wallMs) : undefined;
+    if (this.#behind.shed(message.newer, message.timestampMs, Date.now(), stalledSince)) {
+      topic.broadcaster.seed(text, message.data.byteLength);
+      this.#unsent.add(topic);
+      metrics.messagesSkipped.inc({ ...this.#label, reason: "behind" });
+      if (!wasShedding) {
+        this.#logShedding("route behind its stream: sending only the newest snapshots", {
+          route: this.spec.path,
+          newer: message.newer,
+          behind_ms: MAX_BEHIND_MS,
+        });
+      }
+      return;
+    }
+    topic.broadcaster.broadcast(text, message.data.byteLength);
+    metrics.messagesRelayed.inc(this.#label);
+    this.#unsent.delete(topic);
+    if (message.newer === 0) this.#sendUnsent();
+    if (wasShedding && !this.#behind.shedding) {
+      this.#logCaughtUp("route caught up with its stream", { route: this.spec.path });
+    }
+  }
+
+  /**
+   * Each topic's newest, cached while the route was behind, to its clients: when the route has
+   * caught up, and at every lag check (should a newer message counted never come).
+   */
+  #sendUnsent(): void {
+    for (const topic of this.#unsent) topic.broadcaster.sendLatest();
+    this.#unsent.clear();
   }
 
   /**
@@ -470,6 +540,7 @@ export class Route {
    * after a stream was recreated, and when a consumer's node dies).
    */
   async #updateLag(jsm: JetStreamManager): Promise<void> {
+    this.#sendUnsent();
     if (!this.#ctx.natsConnected() || this.#checking) return;
     this.#checking = true;
     try {

@@ -75,6 +75,11 @@ export interface BusMessage {
   readonly streamCreated: string;
   /** Stream time of the message, in ms since the epoch. */
   readonly timestampMs: number;
+  /**
+   * Newer messages of the consumer's filter known when this one is handed over: stored and not
+   * yet sent by the server, plus received and not yet handed over by the client. 0: the newest.
+   */
+  readonly newer: number;
 }
 
 /** What the consumer is doing, as `status()` reports it. */
@@ -290,6 +295,7 @@ export class SnapshotConsumer implements AsyncIterable<BusMessage> {
         newestAtStart,
         streamCreated,
         timestampMs: Math.floor(m.info.timestampNanos / 1_000_000),
+        newer: m.info.pending + messages.getPending(),
       };
       // Acked once handled: a durable redelivers what a crash interrupted.
       if (durable) m.ack();

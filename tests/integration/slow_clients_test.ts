@@ -36,11 +36,10 @@ Deno.test("stalled clients are bounded, conflated and closed; normal clients get
     NATS_URL: nats.url,
     GATEWAY_SLOW_CLIENT_TIMEOUT_MS: "1500",
     GATEWAY_CLIENT_BUFFER_BYTES: String(CLIENT_BUFFER_BYTES),
-    // The byte bound alone (this test is about it): no age or count bound, which a stall of the
-    // test's own isolate could trip for a normal client (tests/unit/broadcaster_queue_age_test.ts,
-    // tests/unit/loop_lag_test.ts and tests/integration/overload_test.ts cover those).
+    // The byte bound alone (this test is about it): no age bound, which a stall of the test's
+    // own isolate (where the normal clients read) could trip for a normal client
+    // (tests/unit/broadcaster_queue_age_test.ts and tests/integration/isolation_test.ts cover it).
     GATEWAY_CLIENT_MAX_QUEUE_MS: "0",
-    GATEWAY_CLIENT_MAX_QUEUED_SNAPSHOTS: "0",
   });
   const addr = await gateway.listening;
   await using publisher = await Publisher.connect(nats.url);

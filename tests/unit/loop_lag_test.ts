@@ -1,198 +1,121 @@
 /**
- * The count bound (GATEWAY_CLIENT_MAX_QUEUED_SNAPSHOTS) holds only while the gateway's loop is
- * behind (lib/loop_lag.ts): a burst on a loop that keeps up reaches every client whole.
+ * The gateway's two notions of "behind", on fake clocks:
+ * - LoopLag: how late the loop runs, and how much of that the process was not running at all
+ *   (a stall that no client is to blame for);
+ * - BehindWatch: a message that waited past the bound while newer ones are known is only
+ *   cached; a burst handled soon after it was stored reaches clients whole.
  */
 import assert from "node:assert/strict";
-import { Broadcaster } from "../../lib/broadcaster.ts";
 import { LoopLag } from "../../lib/loop_lag.ts";
-import { FakeSocket } from "../helpers/fake_socket.ts";
+import { BehindWatch } from "../../lib/relay.ts";
 
-/** A LoopLag on a fake clock: `run(ms)` advances it, ticking every 50 ms as a loop on time. */
-function clock(lateMs = 100, holdMs = 1000) {
+/** A LoopLag on fake wall and CPU clocks, ticking every 50 ms. */
+function clocks() {
   let now = 0;
-  const changes: boolean[] = [];
-  const lag = new LoopLag({
-    lateMs,
-    holdMs,
-    intervalMs: 50,
-    now: () => now,
-    changed: (behind) => changes.push(behind),
-  });
+  let cpu = 0;
+  const lag = new LoopLag({ intervalMs: 50, now: () => now, cpuNow: () => cpu });
   return {
     lag,
-    changes,
-    /** Ticks on time for `ms`. */
-    run(ms: number) {
-      for (let t = 0; t < ms; t += 50) {
-        now += 50;
-        lag.tick();
-      }
-    },
-    /** One tick `late` ms after it was due (the loop was blocked). */
-    block(late: number) {
-      now += 50 + late;
+    /** `ms` of wall time of which the process ran `running` ms, then the tick. */
+    tick(ms: number, running: number) {
+      now += ms;
+      cpu += running;
       lag.tick();
     },
-    advance: (ms: number) => (now += ms),
-    now: () => now,
+    /** Time passes before the next tick has run. */
+    pass(ms: number, running: number) {
+      now += ms;
+      cpu += running;
+    },
   };
 }
 
-/** 100 bytes whatever n (up to 4 digits). */
-const payload = (n: number) => `{"n":"${String(n).padStart(4, "0")}","pad":"${"x".repeat(79)}"}`;
+Deno.test("LoopLag: lateness while the process was not running is a stall", () => {
+  const c = clocks();
+  c.tick(50, 1);
+  assert.equal(c.lag.stalledMs(), 0, "on time: nothing stalled");
+  c.tick(350, 5); // descheduled: 300 ms late, it ran 5 ms of it
+  assert.equal(c.lag.stalledMs(), 300);
+  assert.equal(c.lag.worstLateMs, 300);
+});
 
-/** A broadcaster whose drain check runs when the test calls `drain()`; `now`: its clock. */
-function broadcaster(loop: LoopLag, now?: () => number) {
-  let tick: (() => void) | undefined;
-  const b = new Broadcaster({
-    clientBufferBytes: 1_000_000, // far above anything here: only the count bound holds back
-    slowClientTimeoutMs: 10_000,
-    clientMaxQueuedPayloads: 4,
-    loop,
-    ...(now ? { now } : {}),
-    setInterval: (f) => (tick = f),
-    clearInterval: () => (tick = undefined),
+Deno.test("LoopLag: lateness while the gateway was busy with its own work is not a stall", () => {
+  const c = clocks();
+  c.tick(350, 350); // one 350 ms task of its own
+  assert.equal(c.lag.stalledMs(), 0);
+  assert.equal(c.lag.worstLateMs, 300, "still late: the gauge says so");
+  c.tick(250, 150); // busy half the time, not running the rest: 100 of the 200 ms late
+  assert.equal(c.lag.stalledMs(), 100);
+});
+
+Deno.test("LoopLag: a stall just ended counts before its tick has run", () => {
+  const c = clocks();
+  c.tick(50, 1);
+  c.pass(400, 2);
+  assert.equal(c.lag.stalledMs(), 350, "350 ms late, not running: counted already");
+  c.tick(0, 0);
+  assert.equal(c.lag.stalledMs(), 350, "and not twice once the tick runs");
+});
+
+Deno.test("LoopLag: stalledSince counts only the stalls after a given time", () => {
+  let now = 0;
+  let cpu = 0;
+  let wall = 1_000_000;
+  const lag = new LoopLag({
+    intervalMs: 50,
+    now: () => now,
+    cpuNow: () => cpu,
+    wallNow: () => wall,
   });
-  return Object.assign(b, { drain: () => tick?.() });
-}
-
-Deno.test("LoopLag: behind after a tick later than lateMs, for holdMs, then caught up", () => {
-  const c = clock(100, 1000);
-  c.run(500);
-  assert.equal(c.lag.behind, false);
-  c.block(90); // late, but within the bound
-  assert.equal(c.lag.behind, false);
-  c.block(150);
-  assert.equal(c.lag.behind, true);
-  assert.ok(c.lag.worstLateMs >= 150);
-  c.run(950);
-  assert.equal(c.lag.behind, true, "held for holdMs after the late tick");
-  c.run(100);
-  assert.equal(c.lag.behind, false);
-  assert.deepEqual(c.changes, [true, false]);
-  c.run(2000);
-  assert.equal(c.lag.worstLateMs, 0, "the worst lateness is forgotten after two windows");
+  const tick = (ms: number, running: number) => {
+    now += ms;
+    wall += ms;
+    cpu += running;
+    lag.tick();
+  };
+  tick(250, 0); // stalled 200 ms, ending at wall 1_000_250
+  tick(50, 50);
+  tick(350, 50); // stalled 300 ms, ending at wall 1_000_650
+  assert.equal(lag.stalledSince(1_000_300), 300, "only the second stall");
+  assert.equal(lag.stalledSince(1_000_000), 500, "both");
+  assert.equal(lag.stalledSince(wall), 0);
 });
 
-Deno.test("LoopLag: kept behind while most deliveries are held back, not while a few are", () => {
-  const c = clock(100, 1000);
-  c.block(200);
-  for (let i = 0; i < 40; i++) {
-    c.lag.record(1000, 850, 0); // overload: the bound holds back most of every payload's fan-out
-    c.run(100);
+Deno.test("BehindWatch: a burst handled soon after it was stored is sent whole", () => {
+  const w = new BehindWatch(150);
+  const t0 = 5_000;
+  for (let newer = 300; newer >= 0; newer--) {
+    // 301 messages stored at once, each handled within 40 ms of being stored
+    assert.equal(w.shed(newer, t0 + (300 - newer) * 10, t0 + (300 - newer) * 10 + 40), false);
   }
-  assert.equal(c.lag.behind, true, "4 s after the late tick");
-  for (let i = 0; i < 8; i++) {
-    c.lag.record(1000, 200, 0); // near the edge: a fifth held back is not overload
-    c.run(100);
-  }
-  assert.equal(c.lag.behind, true, "within holdMs of the last window that shed enough");
-  for (let i = 0; i < 4; i++) {
-    c.lag.record(1000, 200, 0);
-    c.run(100);
-  }
-  assert.equal(c.lag.behind, false);
-  assert.deepEqual(c.changes, [true, false]);
+  assert.equal(w.shedding, false);
 });
 
-Deno.test("LoopLag: a fan-out while Deno's queues hold too much makes it behind at once", () => {
-  const c = clock(100, 1000);
-  c.run(200);
-  c.lag.record(1000, 0, 64 * 1024 * 1024); // at the budget: not yet
-  assert.equal(c.lag.behind, false);
-  c.lag.record(1000, 0, 64 * 1024 * 1024 + 1);
-  assert.equal(c.lag.behind, true, "before any tick is late");
-  c.run(1000);
-  assert.equal(c.lag.behind, false, "nothing held back since: caught up after holdMs");
+Deno.test("BehindWatch: a message older than the bound with newer ones waiting is cached only", () => {
+  const w = new BehindWatch(150);
+  assert.equal(w.shed(0, 1000, 1001), false, "the clocks agree: a 1 ms floor");
+  assert.equal(w.shed(5, 1100, 1250), false, "149 ms old: sent");
+  assert.equal(w.shed(5, 1100, 1252), true, "151 ms old, newer ones waiting: shed");
+  assert.equal(w.shedding, true);
+  assert.equal(w.shed(0, 1100, 5000), false, "the newest is always sent");
+  assert.equal(w.shedding, false);
 });
 
-Deno.test("LoopLag: shedding alone never makes it behind", () => {
-  const c = clock(100, 1000);
-  for (let i = 0; i < 20; i++) {
-    c.lag.record(1000, 1000, 0); // one slow client set, or a burst: the loop is on time
-    c.run(100);
-  }
-  assert.equal(c.lag.behind, false);
-  assert.deepEqual(c.changes, []);
+Deno.test("BehindWatch: the clocks' offset is not age; the process's stalls are not either", () => {
+  const w = new BehindWatch(150, 30_000);
+  // Our clock runs 10 s ahead of the stream's: every delay is 10 s and more.
+  assert.equal(w.shed(0, 1000, 11_002), false);
+  assert.equal(w.shed(3, 1100, 11_200), false, "98 ms after the floor");
+  assert.equal(w.shed(3, 1200, 11_500), true, "298 ms after the floor");
+  // The same wait, 200 ms of it a stall that ended before the message was handled.
+  const stalls = (since: number) => (since <= 11_300 ? 200 : 0);
+  assert.equal(w.shed(3, 1200, 11_500, stalls), false, "98 ms of running time");
 });
 
-Deno.test("count bound: a burst on a loop that keeps up is queued whole", () => {
-  const c = clock();
-  c.run(200);
-  const b = broadcaster(c.lag);
-  const s = new FakeSocket();
-  b.add(s);
-  s.stalled = true; // nothing written during the burst: Deno writes when JS yields
-  for (let n = 1; n <= 20; n++) b.broadcast(payload(n));
-  assert.deepEqual(s.sent, Array.from({ length: 20 }, (_, i) => payload(i + 1)));
-  assert.equal(c.lag.behind, false);
-  b.closeAll(1001, "done");
-});
-
-Deno.test("count bound: while the loop is behind a burst queues N; holding back most keeps it", () => {
-  const c = clock();
-  c.block(300);
-  const b = broadcaster(c.lag);
-  const s = new FakeSocket();
-  b.add(s);
-  s.stalled = true;
-  for (let n = 1; n <= 20; n++) b.broadcast(payload(n));
-  assert.deepEqual(s.sent, [1, 2, 3, 4].map(payload));
-  c.run(900);
-  s.consume(400); // Deno wrote the four
-  b.drain(); // it has room: the newest
-  for (let n = 21; n <= 40; n++) b.broadcast(payload(n)); // 21-23 queued, then over the bound
-  assert.deepEqual(s.sent, [1, 2, 3, 4, 20, 21, 22, 23].map(payload));
-  c.run(900);
-  assert.equal(
-    c.lag.behind,
-    true,
-    "1.8 s after the late tick: kept behind by the held-back payloads",
-  );
-  c.run(1100);
-  assert.equal(c.lag.behind, false, "nothing offered for a second: caught up");
-  b.closeAll(1001, "done");
-});
-
-Deno.test("count bound: clients that stopped reading do not keep it on for the others", () => {
-  const c = clock();
-  c.block(300);
-  assert.equal(c.lag.behind, true);
-  // As by default, the count bound (4 × 100 bytes) is reached long before the byte bound.
-  const b = broadcaster(c.lag, c.now);
-  const stuck = Array.from({ length: 10 }, () => new FakeSocket());
-  for (const s of stuck) {
-    b.add(s);
-    s.stalled = true; // never reads: its queue only grows
-  }
-  const reader = new FakeSocket();
-  b.add(reader);
-  for (let n = 1; n <= 30; n++) {
-    b.broadcast(payload(n)); // 10 of 11 clients held back, by the count bound at first
-    c.run(100);
-    b.drain(); // nothing written by the stuck ones since they fell behind: not load
-  }
-  assert.equal(c.lag.behind, false, "caught up once holdMs passed after the late tick");
-  assert.deepEqual(c.changes, [true, false]);
-  assert.deepEqual(reader.sent, Array.from({ length: 30 }, (_, i) => payload(i + 1)));
-  b.closeAll(1001, "done");
-});
-
-Deno.test("count bound: clients that read but lag keep it on while it sheds", () => {
-  const c = clock();
-  c.block(300);
-  const b = broadcaster(c.lag, c.now);
-  const lagging = Array.from({ length: 10 }, () => new FakeSocket());
-  for (const s of lagging) {
-    b.add(s);
-    s.stalled = true;
-  }
-  for (let n = 1; n <= 30; n++) {
-    for (let k = 0; k < 10; k++) b.broadcast(payload(n * 10 + k)); // a burst each 100 ms
-    c.run(100);
-    for (const s of lagging) s.consume(200); // Deno wrote two of their queued snapshots
-    b.drain();
-  }
-  assert.equal(c.lag.behind, true, "3 s after the late tick: still shedding for clients that read");
-  b.closeAll(1001, "done");
+Deno.test("BehindWatch: the offset's floor is forgotten after two windows", () => {
+  const w = new BehindWatch(150, 1000);
+  assert.equal(w.shed(0, 0, -5000), false, "our clock was 5 s behind");
+  w.shed(0, 2000, 2001); // corrected: the floor is 1 ms from now on, once the old one is gone
+  w.shed(0, 3100, 3101);
+  assert.equal(w.shed(2, 3000, 3300), true, "299 ms old by the corrected clock");
 });
