@@ -75,10 +75,6 @@ export const VARIABLE_HELP: Readonly<Record<string, readonly [string, string]>> 
   GATEWAY_SLOW_CLIENT_TIMEOUT_MS: ["10000", "a client over its buffer this long is closed (4008)"],
   GATEWAY_CLIENT_MAX_QUEUE_MS: ["100", "a snapshot queued longer conflates the client; 0 = off"],
   GATEWAY_MAX_CONNECTIONS: ["10000", "past it, upgrades get HTTP 503; 0 = no limit"],
-  GATEWAY_LISTEN_BACKLOG: [
-    "8192",
-    "connects queued in the kernel before accept (reconnect storms)",
-  ],
   GATEWAY_IDLE_TIMEOUT_S: ["30", "ping interval; no pong in time closes the client; 0 = off"],
   GATEWAY_CLIENT_MAX_FRAME_BYTES: ["4096", "a larger client frame closes with 1009"],
   GATEWAY_CLIENT_MAX_FRAMES_PER_S: ["20", "more client frames per second close with 1008"],

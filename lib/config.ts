@@ -122,12 +122,6 @@ export interface Config {
   /** GATEWAY_MAX_CONNECTIONS: past it, upgrades get HTTP 503. Default 10000; 0 means no limit. */
   readonly maxConnections: number;
   /**
-   * GATEWAY_LISTEN_BACKLOG: connects the kernel may queue on the public port before the gateway
-   * accepts them (a reconnect storm). Deno fixes each listener's queue at 511, so the gateway
-   * opens enough listeners on the port to hold this many (lib/backlog.ts; Linux). Default 8192.
-   */
-  readonly listenBacklog: number;
-  /**
    * GATEWAY_IDLE_TIMEOUT_S: the server pings each client this often and closes one that does
    * not answer with a pong in time (half-open connections). Default 30; 0 disables pings.
    */
@@ -236,7 +230,6 @@ export const ENV_VARIABLES = [
   "GATEWAY_SLOW_CLIENT_TIMEOUT_MS",
   "GATEWAY_CLIENT_MAX_QUEUE_MS",
   "GATEWAY_MAX_CONNECTIONS",
-  "GATEWAY_LISTEN_BACKLOG",
   "GATEWAY_IDLE_TIMEOUT_S",
   "GATEWAY_CLIENT_MAX_FRAME_BYTES",
   "GATEWAY_CLIENT_MAX_FRAMES_PER_S",
@@ -641,7 +634,6 @@ export function parseConfig(env: Env, cpus = navigator.hardwareConcurrency): Con
     ),
     clientMaxQueueMs: readInteger(env, "GATEWAY_CLIENT_MAX_QUEUE_MS", 100, 0, 60_000),
     maxConnections: readInteger(env, "GATEWAY_MAX_CONNECTIONS", 10_000, 0),
-    listenBacklog: readInteger(env, "GATEWAY_LISTEN_BACKLOG", 8192, 1, 65_535),
     idleTimeoutSeconds: readInteger(env, "GATEWAY_IDLE_TIMEOUT_S", 30, 0, 3600),
     clientMaxFrameBytes: readInteger(
       env,
@@ -713,7 +705,6 @@ export function describeConfig(config: Config): Record<string, unknown> {
     admin_listen: config.adminPort >= 0 ? `${config.adminHost}:${config.adminPort}` : "off",
     workers: config.workers,
     max_connections: config.maxConnections,
-    listen_backlog: config.listenBacklog,
     client_buffer_bytes: config.clientBufferBytes,
     client_max_queue_ms: config.clientMaxQueueMs,
     slow_client_timeout_ms: config.slowClientTimeoutMs,

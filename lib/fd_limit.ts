@@ -39,31 +39,47 @@ export function connectionCap(configured: number, fdLimit: number | null, isolat
   return configured > 0 ? Math.min(configured, byFds) : byFds;
 }
 
+/**
+ * The accept queue asked of the kernel for a public port: connects it holds while the gateway is
+ * busy (a reconnect storm after a deploy or a network blip); past it Linux drops SYNs and
+ * clients retry 1 s, then 3 s later. Deno.serve's default is 511; Linux caps any value at
+ * net.core.somaxconn (4096 on current kernels), so the gateway asks for the most it can get.
+ * Measured: a burst of 5,000 connects to one core (bench/README.md, "Listen backlog").
+ */
+export const LISTEN_BACKLOG = 65_535;
+
+/** The accept queue the kernel gives LISTEN_BACKLOG, when the process may read the cap. */
+export function effectiveBacklog(path = "/proc/sys/net/core/somaxconn"): number | string {
+  try {
+    // Query first: reading without the grant could prompt on a terminal.
+    if (Deno.permissions.querySync({ name: "read", path }).state === "granted") {
+      return Math.min(LISTEN_BACKLOG, Number(Deno.readTextFileSync(path).trim()));
+    }
+  } catch {
+    // not Linux, or /proc refused (Deno reads /proc/sys only with --allow-all)
+  }
+  return `${LISTEN_BACKLOG} (capped by net.core.somaxconn)`;
+}
+
 export interface ResilientServer {
   readonly addr: Deno.NetAddr;
-  /** Stops listening (and probing); resolves when every current server has shut down. */
+  /** Stops listening (and probing); resolves when the current server has shut down. */
   shutdown(): Promise<void>;
 }
 
 export interface ResilientOptions {
   readonly logger: Logger;
-  /** Called each time listeners died and serving starts again (once per episode). */
+  /** Called each time the listener died and serving starts again. */
   readonly onListenerLost?: (error: unknown) => void;
   /** Wait between attempts to listen again. Default 1 s. */
   readonly retryMs?: number;
   /** How often the listener is probed with a connect (the loop can die unseen). Default 2 s. */
   readonly probeMs?: number;
-  /**
-   * Listeners on the port (SO_REUSEPORT when more than one), each with Deno's fixed accept
-   * queue (lib/backlog.ts): more of them hold more connects while JavaScript runs. Default 1.
-   */
-  readonly listeners?: number;
 }
 
 /**
  * Deno.serve that listens again on the same port after its accept loop dies (EMFILE): the
  * clients already connected keep their streams; new ones are refused until fds are free.
- * With `listeners` > 1, that many servers share the port, each watched and replaced alone.
  */
 export function serveResilient(
   serveOptions: Deno.ServeTcpOptions,
@@ -71,31 +87,14 @@ export function serveResilient(
   options: ResilientOptions,
 ): ResilientServer {
   const { logger } = options;
-  const count = Math.max(1, options.listeners ?? 1);
-  const shared = count > 1 ? { reusePort: true } : {};
-  const first = Deno.serve({ ...serveOptions, ...shared }, handler);
-  const addr = first.addr;
+  let server: Deno.HttpServer<Deno.NetAddr> | null = Deno.serve(serveOptions, handler);
+  const addr = server.addr;
   /** Bumped by every listen: a probe that started before one cannot judge the new one. */
   let generation = 0;
-  // The rest join the port the first bound (it may have been 0: any free port).
-  const serve = () => {
-    generation++;
-    return Deno.serve({ ...serveOptions, ...shared, port: addr.port }, handler);
-  };
-  const servers: (Deno.HttpServer<Deno.NetAddr> | null)[] = [first];
-  try {
-    while (servers.length < count) servers.push(serve());
-  } catch (err) {
-    for (const server of servers) {
-      server?.finished.catch(() => {});
-      void server?.shutdown().catch(() => {});
-    }
-    throw err;
-  }
   let stopped = false;
   let restarting = false;
 
-  /** Listens again in every slot marked lost (null), until all are filled or it stops. */
+  /** Listens again (on the port first bound: it may have been 0) until it can or it stops. */
   const relisten = async (error: unknown) => {
     if (stopped || restarting) return;
     restarting = true;
@@ -103,47 +102,38 @@ export function serveResilient(
     logger.error("http listener stopped; connected clients keep their streams, listening again", {
       error,
       addr: `${addr.hostname}:${addr.port}`,
-      ...(count > 1 ? { listeners_lost: servers.filter((s) => s === null).length } : {}),
     });
-    for (let attempt = 1; !stopped;) {
-      const slot = servers.indexOf(null);
-      if (slot < 0) {
+    for (let attempt = 1; !stopped; attempt++) {
+      try {
+        generation++;
+        server = Deno.serve({ ...serveOptions, port: addr.port }, handler);
+        watch(server);
         logger.info("http listener restored", { attempt });
         break;
-      }
-      try {
-        servers[slot] = serve();
-        watch(slot);
       } catch (err) {
         if (attempt === 1 || attempt % 30 === 0) {
           logger.warn("cannot listen yet", { error: err, attempt });
         }
-        attempt++;
         await new Promise((resolve) => setTimeout(resolve, options.retryMs ?? 1000));
       }
     }
     restarting = false;
   };
 
-  /**
-   * Marks a slot lost: its server's accept loop ended (its listener is closed with it), or the
-   * port refused a probe, which only happens once no listener is left. False when the slot
-   * holds another server already.
-   */
-  const lose = (slot: number, server: Deno.HttpServer<Deno.NetAddr>): boolean => {
-    if (servers[slot] !== server) return false;
-    server.finished.catch(() => {}); // its rejection is this failure, already reported
-    servers[slot] = null;
+  /** The server is lost: its accept loop ended (closing its listener), or a probe was refused. */
+  const lose = (lost: Deno.HttpServer<Deno.NetAddr>): boolean => {
+    if (server !== lost) return false;
+    lost.finished.catch(() => {}); // its rejection is this failure, already reported
+    server = null;
     return true;
   };
 
-  function watch(slot: number): void {
-    const server = servers[slot]!;
-    server.finished.catch((error) => {
-      if (lose(slot, server)) void relisten(error);
+  function watch(watched: Deno.HttpServer<Deno.NetAddr>): void {
+    watched.finished.catch((error) => {
+      if (lose(watched)) void relisten(error);
     });
   }
-  for (let slot = 0; slot < count; slot++) watch(slot);
+  watch(server);
 
   // The loop can die while idle connections keep `finished` pending: probe with a connect.
   const probeHost = addr.hostname === "0.0.0.0"
@@ -163,10 +153,9 @@ export function serveResilient(
       } catch (err) {
         // EMFILE here too: nothing to learn until descriptors are free.
         if (!(err instanceof Deno.errors.ConnectionRefused)) return;
-        // Listened again meanwhile: the refusal was for the servers that were there before.
-        if (stopped || restarting || generation !== probed) return;
-        // Refused: no listener is left on the port (a closed one leaves the group at once).
-        servers.forEach((server, slot) => server !== null && lose(slot, server));
+        // Listened again meanwhile: the refusal was for the server that was there before.
+        if (stopped || restarting || generation !== probed || server === null) return;
+        lose(server);
         void relisten(err);
       }
     }, options.probeMs ?? 2000)
@@ -177,7 +166,7 @@ export function serveResilient(
     async shutdown() {
       stopped = true;
       clearInterval(probe);
-      await Promise.all(servers.map((server) => server?.shutdown()));
+      await server?.shutdown();
     },
   };
 }

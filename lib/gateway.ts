@@ -8,8 +8,14 @@ import { Authenticator } from "./auth.ts";
 import { CloseCode } from "./broadcaster.ts";
 import type { Config } from "./config.ts";
 import { DeadLetters } from "./dead_letters.ts";
-import { listenersPerIsolate } from "./backlog.ts";
-import { connectionCap, readFdLimit, type ResilientServer, serveResilient } from "./fd_limit.ts";
+import {
+  connectionCap,
+  effectiveBacklog,
+  LISTEN_BACKLOG,
+  readFdLimit,
+  type ResilientServer,
+  serveResilient,
+} from "./fd_limit.ts";
 import type { HealthReport, InstanceReport, LocalState, ProcessView } from "./health.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { LoopLag } from "./loop_lag.ts";
@@ -197,31 +203,15 @@ class RunningInstance implements Gateway {
       clientMaxFramesPerSecond: config.clientMaxFramesPerSecond,
       ...(config.viewer ? { viewerPage: viewerHtml(config.routes.map(viewerRoute)) } : {}),
     };
-    const listen = (
-      hostname: string,
-      port: number,
-      serve: HandlerDeps["serve"],
-      listeners: number,
-    ) =>
+    const listen = (hostname: string, port: number, serve: HandlerDeps["serve"]) =>
       serveHttp(hostname, port, createHandler({ ...deps, serve }), {
         logger: this.#logger,
         metrics: this.metrics,
         reusePort: this.#options.reusePort ?? false,
-        listeners,
       });
     const admin = config.adminPort >= 0;
-    // Only the public port takes reconnect storms: it gets the deep accept queue.
-    const listeners = listenersPerIsolate(config.listenBacklog, config.workers);
-    const wanted = listenersPerIsolate(config.listenBacklog, config.workers, Deno.build.os, true);
-    if (listeners < wanted) {
-      this.#logger.warn(
-        "GATEWAY_LISTEN_BACKLOG needs --unstable-net (deno task start and the binary pass it): " +
-          "one listener, whose queue Deno fixes at 511",
-        { listen_backlog: config.listenBacklog },
-      );
-    }
-    this.#servers.push(listen(config.host, config.port, admin ? "public" : "all", listeners));
-    if (admin) this.#servers.push(listen(config.adminHost, config.adminPort, "admin", 1));
+    this.#servers.push(listen(config.host, config.port, admin ? "public" : "all"));
+    if (admin) this.#servers.push(listen(config.adminHost, config.adminPort, "admin"));
     this.#logger.info("gateway listening", {
       addr: hostPort(this.addr),
       ...(this.adminAddr ? { admin_addr: hostPort(this.adminAddr) } : {}),
@@ -230,7 +220,7 @@ class RunningInstance implements Gateway {
       version: VERSION,
       fd_limit: fdLimit,
       max_connections: maxConnections,
-      listeners,
+      listen_backlog: effectiveBacklog(),
     });
   }
 
@@ -327,8 +317,8 @@ function viewerRoute(spec: RouteSpec) {
 /**
  * Binds and releases each configured port, so a taken one is reported with its address before
  * anything else happens (port 0, any free port, cannot be taken). The bind is without
- * SO_REUSEPORT, so it fails on a port another gateway shares among its own listeners too: the
- * listeners that follow share it, and would otherwise join that gateway's without a word.
+ * SO_REUSEPORT, so it fails on a port another gateway's workers share too: workers listen with
+ * it, and would otherwise join that gateway's without a word.
  */
 export function checkPortsFree(config: Config): void {
   const ports: [string, string, number][] = [[
@@ -366,13 +356,15 @@ function serveHttp(
   hostname: string,
   port: number,
   handler: Deno.ServeHandler<Deno.NetAddr>,
-  options: { logger: Logger; metrics: GatewayMetrics; reusePort: boolean; listeners: number },
+  options: { logger: Logger; metrics: GatewayMetrics; reusePort: boolean },
 ): ResilientServer {
   const { logger, metrics } = options;
   return serveResilient(
     {
       hostname,
       port,
+      // Every port, not only the public one: a storm's connects wait here for the gateway.
+      tcpBacklog: LISTEN_BACKLOG,
       ...(options.reusePort ? { reusePort: true } : {}),
       onListen: () => {},
       onError: (err) => {
@@ -381,7 +373,7 @@ function serveHttp(
       },
     },
     handler,
-    { logger, onListenerLost: () => metrics.listenerRestarts.inc(), listeners: options.listeners },
+    { logger, onListenerLost: () => metrics.listenerRestarts.inc() },
   );
 }
 

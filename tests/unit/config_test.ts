@@ -21,7 +21,6 @@ Deno.test("parseConfig gives the documented defaults for an empty environment", 
   assert.equal(config.durableName, "");
   assert.equal(config.logLevel, "info");
   assert.equal(config.workers, 1);
-  assert.equal(config.listenBacklog, 8192);
   assert.deepEqual(config.authTokens, []);
   assert.equal(config.deadLetterSubject, "");
   assert.ok(Object.isFrozen(config));
@@ -91,10 +90,6 @@ Deno.test("parseConfig names the variable and its value in every error", () => {
       'GATEWAY_DEAD_LETTER_SUBJECT must be a NATS subject without wildcards: current value is "dead.>"',
     ],
     [{ GATEWAY_WORKERS: "0" }, 'GATEWAY_WORKERS must be between 1 and 256: current value is "0"'],
-    [
-      { GATEWAY_LISTEN_BACKLOG: "0" },
-      'GATEWAY_LISTEN_BACKLOG must be between 1 and 65535: current value is "0"',
-    ],
     [
       { GATEWAY_WORKERS: "many" },
       'GATEWAY_WORKERS must be a number of workers or "auto": current value is "many"',
