@@ -5,7 +5,7 @@
  * Options are listed in bench/README.md. Results: a table, the ratios of bench/README.md's
  * targets on stdout, and JSON in bench/results/<timestamp>.json.
  */
-import { connect } from "@nats-io/transport-deno";
+import { connect } from "../lib/nats/transport.ts";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { ensureStreams } from "../lib/nats/streams.ts";
 import { createLogger } from "../lib/log.ts";

@@ -4,7 +4,7 @@
  * stream capturing the subject keeps one copy however many replicas (or retries) publish it; a
  * plain publish when no stream captures it.
  */
-import { headers, type NatsConnection } from "@nats-io/transport-deno";
+import { headers, type NatsConnection } from "@nats-io/nats-core";
 import { jetstream, type JetStreamClient } from "@nats-io/jetstream";
 import { type Logger, rateLimited } from "./log.ts";
 import { ask } from "./nats/streams.ts";

@@ -2,7 +2,7 @@
  * The composition root: one NATS connection, one HTTP server (two with an admin port) and one
  * `Route` per configured route (lib/route.ts), each with its own consumer, caches and clients.
  */
-import type { NatsConnection } from "@nats-io/transport-deno";
+import type { NatsConnection } from "@nats-io/nats-core";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { Authenticator } from "./auth.ts";
 import { CloseCode } from "./broadcaster.ts";
@@ -20,7 +20,8 @@ import type { HealthReport, InstanceReport, LocalState, ProcessView } from "./he
 import { createLogger, type Logger } from "./log.ts";
 import { LoopLag } from "./loop_lag.ts";
 import { GatewayMetrics } from "./metrics.ts";
-import { connectNats, NatsUnavailableError } from "./nats/connection.ts";
+import { connectNats } from "./nats/connection.ts";
+import { NatsUnavailableError } from "./nats/errors.ts";
 import { findStream, platformStreamFor, setUpStreams, StreamSetupError } from "./nats/streams.ts";
 import { checkPermissions } from "./permissions.ts";
 import { redactUrl } from "./redact.ts";

@@ -6,7 +6,7 @@
  * connection and the process's metrics and connection limit: a bad payload, a deleted stream or
  * a stalled consumer on one never touches another.
  */
-import type { NatsConnection } from "@nats-io/transport-deno";
+import type { NatsConnection } from "@nats-io/nats-core";
 import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
 import { Broadcaster, type ClientSocket, CloseCode } from "./broadcaster.ts";
 import type { LoopLag } from "./loop_lag.ts";
@@ -15,7 +15,7 @@ import type { DeadLetters } from "./dead_letters.ts";
 import type { Logger } from "./log.ts";
 import { rateLimited } from "./log.ts";
 import type { GatewayMetrics, Labels } from "./metrics.ts";
-import { NatsUnavailableError } from "./nats/connection.ts";
+import { NatsUnavailableError } from "./nats/errors.ts";
 import { type BusMessage, SnapshotConsumer } from "./nats/consumer.ts";
 import { ask, ensureRelayedStream, isNotFound, newestSequence } from "./nats/streams.ts";
 import { checkPayload } from "./payload.ts";

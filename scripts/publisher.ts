@@ -9,7 +9,8 @@
  * The stream must exist (the gateway creates it unless GATEWAY_CREATE_STREAMS=false); until it
  * does, publishes fail and are retried on the next tick.
  */
-import { connect, type NatsConnection } from "@nats-io/transport-deno";
+import { connect } from "../lib/nats/transport.ts";
+import type { NatsConnection } from "@nats-io/nats-core";
 import { jetstream } from "@nats-io/jetstream";
 import type { Level, LevelsSignalsV1 } from "../client/levels_signals_v1.ts";
 import { delay } from "../lib/util.ts";

@@ -3,7 +3,7 @@
  * an async iterable of messages, a typed `status()` iterable and `restart(reason)`. It starts at
  * the newest stored message and starts there again whenever it has to be recreated.
  */
-import type { NatsConnection } from "@nats-io/transport-deno";
+import type { NatsConnection } from "@nats-io/nats-core";
 import {
   AckPolicy,
   type Consumer,

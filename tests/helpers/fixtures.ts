@@ -1,5 +1,6 @@
 /** Small shared fixtures: config for a test gateway, a publisher, a recording WebSocket client. */
-import { connect, type ConnectionOptions, type NatsConnection } from "@nats-io/transport-deno";
+import { connect } from "../../lib/nats/transport.ts";
+import type { ConnectionOptions, NatsConnection } from "@nats-io/nats-core";
 import { jetstream, type JetStreamClient } from "@nats-io/jetstream";
 import { type Config, parseConfig } from "../../lib/config.ts";
 import { createLogger, type Logger } from "../../lib/log.ts";

@@ -2,7 +2,8 @@
  * A 3-node JetStream cluster on loopback: free ports, a temp store per node, a node can be
  * killed (SIGKILL) and restarted on the same ports and store.
  */
-import { connect, type NatsConnection } from "@nats-io/transport-deno";
+import { connect } from "../../lib/nats/transport.ts";
+import type { NatsConnection } from "@nats-io/nats-core";
 import {
   type JetStreamManager,
   jetstreamManager,

@@ -7,7 +7,8 @@
  * holding messages the gateway does not receive, then healthy again.
  */
 import assert from "node:assert/strict";
-import { connect, type NatsConnection } from "@nats-io/transport-deno";
+import { connect } from "../../lib/nats/transport.ts";
+import type { NatsConnection } from "@nats-io/nats-core";
 import {
   AckPolicy,
   DeliverPolicy,

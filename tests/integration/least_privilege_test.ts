@@ -3,7 +3,8 @@
  * permission block documented in README ("Least privilege"); an admin user sets the stream up.
  */
 import assert from "node:assert/strict";
-import { connect, type NatsConnection } from "@nats-io/transport-deno";
+import { connect } from "../../lib/nats/transport.ts";
+import type { NatsConnection } from "@nats-io/nats-core";
 import {
   AckPolicy,
   DeliverPolicy,

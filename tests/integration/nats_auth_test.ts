@@ -3,18 +3,10 @@
  * refusals are one clear line (never a crash, never retried), and no secret is ever shown.
  */
 import assert from "node:assert/strict";
-import {
-  type ConnectionOptions,
-  credsAuthenticator,
-  nkeyAuthenticator,
-} from "@nats-io/transport-deno";
+import { type ConnectionOptions, credsAuthenticator, nkeyAuthenticator } from "@nats-io/nats-core";
 import { startGateway } from "../../lib/gateway.ts";
-import {
-  connectNats,
-  NatsCredentialsError,
-  NatsLoginError,
-  NatsTlsError,
-} from "../../lib/nats/connection.ts";
+import { connectNats } from "../../lib/nats/connection.ts";
+import { NatsCredentialsError, NatsLoginError, NatsTlsError } from "../../lib/nats/errors.ts";
 import { makeCerts, type TestCerts } from "../helpers/certs.ts";
 import { Client, Publisher, recordingLogger, signal, testConfig } from "../helpers/fixtures.ts";
 import { operatorSetup, userNkey } from "../helpers/nats_auth.ts";

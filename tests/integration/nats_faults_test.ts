@@ -1,7 +1,7 @@
 /** NATS faults: outages, restarts, deleted streams, outages past the bound. */
 import assert from "node:assert/strict";
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
-import { nanos } from "@nats-io/transport-deno";
+import { nanos } from "@nats-io/nats-core";
 import { startGateway } from "../../lib/gateway.ts";
 import { NatsServer } from "../helpers/nats_server.ts";
 import {

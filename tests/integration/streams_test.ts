@@ -3,7 +3,8 @@
  * cluster, restarts touching only the relayed stream, failed requests saying what was asked.
  */
 import assert from "node:assert/strict";
-import { connect, type NatsConnection } from "@nats-io/transport-deno";
+import { connect } from "../../lib/nats/transport.ts";
+import type { NatsConnection } from "@nats-io/nats-core";
 import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
 import { startGateway } from "../../lib/gateway.ts";
 import { ensureRelayedStream, setUpStreams, type StreamSettings } from "../../lib/nats/streams.ts";
