@@ -1,14 +1,18 @@
 /**
  * The Broadcaster owns the set of client sockets and the latest-payload cache, fans each
  * payload out, and applies the slow-client policy. It depends only on `ClientSocket`, the
- * narrow slice of a WebSocket it needs, so tests drive it with recording fakes.
+ * narrow slice of a WebSocket it needs, so tests drive it with recording fakes. Each client gets
+ * text frames, or (`deflate-raw`) the message's raw DEFLATE as a binary frame, made once per
+ * message and shared by every such client (lib/compression.ts).
  */
+import { type Encoding, Frames, utf8Length } from "./compression.ts";
 
 /** The part of a WebSocket the Broadcaster uses. */
 export interface ClientSocket {
   readonly readyState: number;
   readonly bufferedAmount: number;
-  send(data: string): void;
+  /** A string goes as a text frame, an ArrayBuffer as a binary one. */
+  send(data: string | ArrayBuffer): void;
   close(code?: number, reason?: string): void;
 }
 
@@ -72,6 +76,8 @@ export type RemovalReason = "closed" | "send_error" | "slow_consumer" | "shutdow
 
 interface Client {
   readonly socket: ClientSocket;
+  /** Asked for `deflate-raw`: sent each message's compressed form where it is smaller. */
+  readonly deflate: boolean;
   /** When the client first went over its bound (ms), or -1. */
   behindSince: number;
   /** The #generation of the last payload sent to it: the drain never sends one twice. */
@@ -94,9 +100,8 @@ export class Broadcaster {
   readonly #removedFor = new WeakMap<ClientSocket, RemovalReason>();
   readonly #options: Required<BroadcasterOptions>;
   readonly #events: BroadcasterEvents;
-  #latest: string | null = null;
-  /** UTF-8 size of #latest, which is what a client that was behind is sent when it drains. */
-  #latestBytes = 0;
+  /** The newest message, what a client that was behind is sent when it drains. */
+  #latest: Frames | null = null;
   /** Bumped with each new #latest, so a client's last payload is known without comparing text. */
   #generation = 0;
   #drainTimer: unknown;
@@ -123,13 +128,15 @@ export class Broadcaster {
 
   /** The cached latest payload, or null before the first message. */
   get latest(): string | null {
-    return this.#latest;
+    return this.#latest?.text ?? null;
   }
 
-  /** Caches a payload without sending it (seeding at startup). */
-  seed(payload: string, byteLength = payload.length): void {
-    this.#latest = payload;
-    this.#latestBytes = byteLength;
+  /**
+   * Caches a payload without sending it (seeding at startup, or while the route is behind).
+   * `byteLength` is its UTF-8 size when the caller knows it (the published bytes').
+   */
+  seed(payload: string, byteLength = utf8Length(payload)): void {
+    this.#latest = new Frames(payload, byteLength);
     this.#generation++;
   }
 
@@ -137,10 +144,11 @@ export class Broadcaster {
    * Adds an open socket and sends it the cached latest payload at once, so that it sees the
    * current state first and then every later payload, in order.
    */
-  add(socket: ClientSocket): void {
+  add(socket: ClientSocket, encoding: Encoding = "text"): void {
     if (this.#clients.has(socket)) return;
     const client: Client = {
       socket,
+      deflate: encoding === "deflate-raw",
       behindSince: -1,
       sentGeneration: 0,
       sentBytes: 0,
@@ -151,9 +159,9 @@ export class Broadcaster {
     this.#events.joined?.(socket);
     if (!this.#clients.has(socket)) return; // the listener sent it elsewhere
     this.#startPass();
-    if (this.#latest !== null && this.#deliver(client, this.#latest)) {
-      this.#events.delivered?.(1, this.#latestBytes);
-    }
+    if (this.#latest === null) return;
+    const bytes = this.#deliver(client);
+    if (bytes >= 0) this.#events.delivered?.(1, bytes);
   }
 
   /** Removes a socket; safe to call any number of times. */
@@ -174,9 +182,9 @@ export class Broadcaster {
 
   /**
    * Caches the payload and sends it to every open client (conflating clients that are behind).
-   * `byteLength` is the payload's UTF-8 size, for the delivered-bytes count.
+   * `byteLength` is the payload's UTF-8 size, what a text frame queues.
    */
-  broadcast(payload: string, byteLength = payload.length): void {
+  broadcast(payload: string, byteLength = utf8Length(payload)): void {
     this.seed(payload, byteLength);
     this.#fanOut(true);
   }
@@ -191,8 +199,8 @@ export class Broadcaster {
 
   /** The cached payload to each client owed it; `countBehind`: a client behind misses it. */
   #fanOut(countBehind: boolean): void {
-    const payload = this.#latest!;
     let delivered = 0;
+    let bytes = 0;
     let superseded = 0;
     this.#startPass();
     for (const client of this.#clients.values()) {
@@ -200,11 +208,15 @@ export class Broadcaster {
         // Owed the newest already: the drain sends it once there is room. Not asked again here,
         // so a payload costs a client that is behind no op call.
         superseded++;
-      } else if (client.sentGeneration !== this.#generation && this.#deliver(client, payload)) {
-        delivered++;
+      } else if (client.sentGeneration !== this.#generation) {
+        const sent = this.#deliver(client);
+        if (sent >= 0) {
+          delivered++;
+          bytes += sent;
+        }
       }
     }
-    if (delivered > 0) this.#events.delivered?.(delivered, delivered * this.#latestBytes);
+    if (delivered > 0) this.#events.delivered?.(delivered, bytes);
     if (countBehind && superseded > 0) this.#events.conflated?.(superseded);
   }
 
@@ -221,15 +233,20 @@ export class Broadcaster {
     this.#stopDrainTimerIfIdle();
   }
 
-  /** Sends if the client has room; otherwise keeps only the newest payload for it. */
-  #deliver(client: Client, payload: string): boolean {
+  /**
+   * Sends the newest payload if the client has room; otherwise keeps only the newest for it.
+   * The bytes queued (its frame's size: compressed for a compressed client), or -1.
+   */
+  #deliver(client: Client): number {
     const socket = client.socket;
     if (socket.readyState !== OPEN) {
       this.remove(socket, "closed");
-      return false;
+      return -1;
     }
+    const frame = this.#frameFor(client);
+    const bytes = typeof frame === "string" ? this.#latest!.textBytes : frame.byteLength;
     const queued = socket.bufferedAmount;
-    if (queued > 0 && this.#overBound(client, queued, payload.length)) {
+    if (queued > 0 && this.#overBound(client, queued, bytes)) {
       client.behindSince = this.#options.now();
       this.#behind.add(client);
       if (this.#options.slowClientTimeoutMs === 0) {
@@ -237,9 +254,15 @@ export class Broadcaster {
       } else {
         this.#startDrainTimer();
       }
-      return false;
+      return -1;
     }
-    return this.#send(client, payload, queued);
+    return this.#send(client, frame, bytes, queued) ? bytes : -1;
+  }
+
+  /** The newest payload as `client` gets it: compressed where it asked and that is smaller. */
+  #frameFor(client: Client): string | ArrayBuffer {
+    const latest = this.#latest!;
+    return client.deflate ? latest.deflated() ?? latest.text : latest.text;
   }
 
   /** Whether a client with `queued` bytes waiting must not be sent `bytes` more now. */
@@ -256,10 +279,10 @@ export class Broadcaster {
   }
 
   /** Sends the newest payload; a client sent it is owed nothing, so it leaves the behind set. */
-  #send(client: Client, payload: string, queued: number): boolean {
+  #send(client: Client, frame: string | ArrayBuffer, bytes: number, queued: number): boolean {
     try {
-      client.socket.send(payload);
-      client.sentBytes += this.#latestBytes;
+      client.socket.send(frame);
+      client.sentBytes += bytes;
       if (this.#options.clientMaxQueueMs > 0) this.#queued(client, queued);
       client.sentGeneration = this.#generation;
       client.behindSince = -1;
@@ -321,14 +344,17 @@ export class Broadcaster {
         this.remove(socket, "closed");
         continue;
       }
-      const payload = this.#latest!;
-      const queued = socket.bufferedAmount;
       if (client.sentGeneration === this.#generation) {
         // Already has the newest (sent directly since it fell behind): owed nothing.
         this.#behind.delete(client);
         client.behindSince = -1;
-      } else if (queued === 0 || !this.#overBound(client, queued, payload.length)) {
-        if (this.#send(client, payload, queued)) this.#events.delivered?.(1, this.#latestBytes);
+        continue;
+      }
+      const queued = socket.bufferedAmount;
+      const frame = this.#frameFor(client);
+      const bytes = typeof frame === "string" ? this.#latest!.textBytes : frame.byteLength;
+      if (queued === 0 || !this.#overBound(client, queued, bytes)) {
+        if (this.#send(client, frame, bytes, queued)) this.#events.delivered?.(1, bytes);
       } else if (now - client.behindSince >= this.#options.slowClientTimeoutMs) {
         this.#closeSlow(client);
       }

@@ -7,6 +7,7 @@
 import { CLIENT_JS } from "./client_bundle.ts";
 import { Authenticator, type AuthOutcome, OriginPolicy, selectProtocol } from "./auth.ts";
 import type { Broadcaster } from "./broadcaster.ts";
+import { type Encoding, ENCODINGS, parseEncoding } from "./compression.ts";
 import type { Logger } from "./log.ts";
 import { rateLimited } from "./log.ts";
 import type { GatewayMetrics } from "./metrics.ts";
@@ -235,7 +236,7 @@ class HttpRouter {
 
   handle(request: Request): Response | Promise<Response> {
     const cors = this.#origins.corsHeaders(request.headers.get("origin"));
-    return then(this.#route(request, new URL(request.url).pathname), (response) => {
+    return then(this.#route(request, new URL(request.url)), (response) => {
       // A 101's headers are Deno's; CORS does not apply to a WebSocket handshake anyway.
       if (response.status === 101) return response;
       for (const [name, value] of Object.entries(cors)) response.headers.set(name, value);
@@ -243,10 +244,11 @@ class HttpRouter {
     });
   }
 
-  #route(request: Request, path: string): Response | Promise<Response> {
+  #route(request: Request, url: URL): Response | Promise<Response> {
+    const path = url.pathname;
     if (this.#serve !== "admin") {
       const hit = this.#table.match(path);
-      if (hit.kind === "route") return this.#stream(request, hit, path);
+      if (hit.kind === "route") return this.#stream(request, hit, url);
       if (hit.kind === "invalid") {
         this.#deps.metrics.connectionsRejected.inc({ reason: "bad_request" });
         return text(`not a valid value for ${hit.route.path}: ${hit.reason}\n`, 400);
@@ -266,8 +268,11 @@ class HttpRouter {
     return true;
   }
 
-  /** Everything decided before the upgrade: method, Origin, limit, upgrade headers, token. */
-  #stream(request: Request, hit: RouteHit, path: string): Response | Promise<Response> {
+  /**
+   * Everything decided before the upgrade: method, Origin, limit, upgrade headers, encoding,
+   * token.
+   */
+  #stream(request: Request, hit: RouteHit, url: URL): Response | Promise<Response> {
     if (request.method !== "GET") {
       return text("method not allowed\n", 405, { allow: "GET" });
     }
@@ -284,12 +289,15 @@ class HttpRouter {
     if (request.headers.get("upgrade")?.toLowerCase() !== "websocket") {
       return this.#badUpgrade(new TypeError("the upgrade header must contain 'websocket'"));
     }
+    const asked = url.searchParams.get("encoding");
+    const encoding = parseEncoding(asked);
+    if (encoding === undefined) return this.#badEncoding(asked!);
     // Read before the upgrade: Deno closes the request's headers once it has upgraded.
     // Synchronous where nothing waits (static tokens, a fixed route): no turn of the event loop
     // between the request and the upgrade.
     return then(
-      this.#auth.authenticate(request, path),
-      (outcome) => this.#authenticated(request, hit, outcome),
+      this.#auth.authenticate(request, url.pathname),
+      (outcome) => this.#authenticated(request, hit, outcome, encoding),
     );
   }
 
@@ -297,11 +305,12 @@ class HttpRouter {
     request: Request,
     hit: RouteHit,
     outcome: AuthOutcome,
+    encoding: Encoding,
   ): Response | Promise<Response> {
     if (!outcome.admitted) return this.#refuse(request, outcome);
     // Seeded before the upgrade, so the first frame a client gets is the newest snapshot.
     return then(this.#broadcasterFor(hit), (broadcaster) => {
-      if (broadcaster !== undefined) return this.#admit(request, outcome, broadcaster);
+      if (broadcaster !== undefined) return this.#admit(request, outcome, broadcaster, encoding);
       this.#deps.metrics.connectionsRejected.inc({ reason: "limit" });
       return text("this route holds as many values as it may; retry later\n", 503, {
         "retry-after": "5",
@@ -313,6 +322,18 @@ class HttpRouter {
     this.#deps.metrics.connectionsRejected.inc({ reason: "bad_request" });
     this.#logBadUpgrade("bad websocket upgrade request", { error });
     return text("expected a WebSocket upgrade request\n", 400);
+  }
+
+  /** An `encoding` the gateway does not know: refused before the upgrade, not sent text. */
+  #badEncoding(asked: string): Response {
+    this.#deps.metrics.connectionsRejected.inc({ reason: "bad_request" });
+    this.#logBadUpgrade("websocket upgrade with an unknown encoding refused", {
+      encoding: asked.slice(0, 100),
+    });
+    return text(
+      `unknown encoding ${JSON.stringify(asked.slice(0, 100))}: use ${ENCODINGS.join(" or ")}\n`,
+      400,
+    );
   }
 
   /** The upgrade itself, after a last look at the limit; a Response when it cannot happen. */
@@ -352,11 +373,13 @@ class HttpRouter {
     request: Request,
     outcome: Extract<AuthOutcome, { admitted: true }>,
     broadcaster: Broadcaster,
+    encoding: Encoding,
   ): Response {
     const upgraded = this.#upgradeSocket(request);
     if (upgraded instanceof Response) return upgraded;
     startSession(upgraded.socket, {
       broadcaster,
+      encoding,
       metrics: this.#deps.metrics,
       sessions: this.#sessions,
       clientMaxFrameBytes: this.#deps.clientMaxFrameBytes,

@@ -10,6 +10,7 @@
 import { type Broadcaster, type ClientSocket, CloseCode } from "./broadcaster.ts";
 import type { GatewayMetrics } from "./metrics.ts";
 import type { Refusal } from "./auth.ts";
+import type { Encoding } from "./compression.ts";
 
 /** The socket a session needs: a ClientSocket that also emits open/message/close events. */
 export type UpgradedSocket = ClientSocket & EventTarget;
@@ -166,6 +167,8 @@ export class Sessions {
 
 export interface SessionDeps {
   readonly broadcaster: Broadcaster;
+  /** The frames the client asked for (`?encoding=`); default text. */
+  readonly encoding?: Encoding;
   readonly metrics: GatewayMetrics;
   readonly sessions: Sessions;
   readonly clientMaxFrameBytes: number;
@@ -220,7 +223,7 @@ class Session implements SessionHooks {
     this.deps.metrics.connectionsOpened.inc();
     // Expired while it opened: closed before it is given any data.
     if (this.deps.expiresAtMs !== undefined) this.#expireAt(this.deps.expiresAtMs);
-    if (this.#closedBy === null) this.deps.broadcaster.add(this.socket);
+    if (this.#closedBy === null) this.deps.broadcaster.add(this.socket, this.deps.encoding);
   }
 
   /** The `message` listener: every client frame is counted, checked and otherwise ignored. */

@@ -4,17 +4,26 @@ import type { ClientSocket } from "../../lib/broadcaster.ts";
 export class FakeSocket extends EventTarget implements ClientSocket {
   readyState = 1;
   bufferedAmount = 0;
+  /** Text frames, in order. */
   readonly sent: string[] = [];
+  /** Every frame in order: text as a string, binary as a copy of its bytes. */
+  readonly frames: (string | Uint8Array)[] = [];
   closedWith: { code?: number; reason?: string } | undefined;
   /** When set, send() throws this. */
   failWith: Error | undefined;
   /** When true, every send adds its length to bufferedAmount (a client that never reads). */
   stalled = false;
 
-  send(data: string): void {
+  send(data: string | ArrayBuffer): void {
     if (this.failWith) throw this.failWith;
-    this.sent.push(data);
-    if (this.stalled) this.bufferedAmount += data.length;
+    if (typeof data === "string") {
+      this.sent.push(data);
+      this.frames.push(data);
+      if (this.stalled) this.bufferedAmount += data.length;
+    } else {
+      this.frames.push(new Uint8Array(data.slice(0)));
+      if (this.stalled) this.bufferedAmount += data.byteLength;
+    }
   }
 
   close(code?: number, reason?: string): void {

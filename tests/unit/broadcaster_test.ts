@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { Broadcaster, CloseCode } from "../../lib/broadcaster.ts";
+import { inflateRawSync } from "node:zlib";
 import { FakeSocket } from "../helpers/fake_socket.ts";
 
 /**
@@ -215,5 +216,107 @@ Deno.test("a client that fell behind and has room again gets the newest payload 
   tick();
   tick();
   assert.deepEqual(s.sent, ['{"n":1}', '{"n":3}']);
+  b.closeAll(1001, "done");
+});
+
+/** What a client got, each frame as text: binary frames inflated (raw DEFLATE). */
+function decoded(socket: FakeSocket): string[] {
+  return socket.frames.map((frame) =>
+    typeof frame === "string" ? frame : new TextDecoder().decode(inflateRawSync(frame))
+  );
+}
+
+/** A compressible payload of about `size` bytes (repetitive, like a snapshot's levels). */
+function bigPayload(n: number, size = 2000): string {
+  return JSON.stringify({ n, levels: "level,".repeat(Math.ceil(size / 6)) });
+}
+
+Deno.test("mixed clients: text frames to plain ones, one shared DEFLATE per message to the others", () => {
+  const { b, counts } = broadcaster({ clientBufferBytes: 1 << 20 });
+  const plain = new FakeSocket();
+  const deflated = [new FakeSocket(), new FakeSocket()];
+  const binaries = new Set<unknown>();
+  for (const s of deflated) {
+    const send = s.send.bind(s);
+    s.send = (data) => {
+      if (typeof data !== "string") binaries.add(data);
+      send(data);
+    };
+  }
+  b.seed(bigPayload(0));
+  b.add(plain);
+  deflated.forEach((s) => b.add(s, "deflate-raw"));
+  b.broadcast(bigPayload(1));
+  b.broadcast(bigPayload(2));
+  const expected = [0, 1, 2].map((n) => bigPayload(n));
+  assert.deepEqual(plain.frames, expected);
+  for (const s of deflated) {
+    assert.equal(s.sent.length, 0, "no text frame: every payload shrank");
+    assert.deepEqual(decoded(s), expected);
+  }
+  assert.equal(binaries.size, 3, "compressed once per message, the same bytes for every client");
+  const binaryBytes = deflated[0].frames.reduce((sum, f) => sum + (f as Uint8Array).byteLength, 0);
+  assert.ok(binaryBytes < expected.join("").length / 10, `${binaryBytes} bytes compressed`);
+  assert.equal(counts.delivered, 9);
+  assert.equal(counts.bytes, expected.join("").length + 2 * binaryBytes, "bytes as queued");
+  b.closeAll(1001, "done");
+});
+
+Deno.test("a payload that would not shrink goes to a compressed client as a text frame", () => {
+  const { b, counts } = broadcaster();
+  const s = new FakeSocket();
+  b.add(s, "deflate-raw");
+  b.broadcast('{"a":1}'); // raw DEFLATE of 7 bytes is 9
+  b.broadcast(bigPayload(1, 200));
+  assert.equal(s.frames[0], '{"a":1}');
+  assert.ok(s.frames[1] instanceof Uint8Array);
+  assert.deepEqual(decoded(s), ['{"a":1}', bigPayload(1, 200)]);
+  assert.equal(counts.bytes, 7 + (s.frames[1] as Uint8Array).byteLength);
+  b.closeAll(1001, "done");
+});
+
+Deno.test("the byte bound counts what a client queues: compressed size for a compressed client", () => {
+  const { b, counts, tick } = broadcaster({ clientBufferBytes: 1000 });
+  const plain = new FakeSocket();
+  const compressed = new FakeSocket();
+  b.add(plain);
+  b.add(compressed, "deflate-raw");
+  plain.stalled = compressed.stalled = true;
+  for (let n = 1; n <= 5; n++) b.broadcast(bigPayload(n, 2000));
+  // A 2 KB text frame fills the plain client's 1,000 bytes at once; 5 × 44 compressed do not.
+  assert.deepEqual(plain.sent, [bigPayload(1, 2000)]);
+  assert.deepEqual(decoded(compressed), [1, 2, 3, 4, 5].map((n) => bigPayload(n, 2000)));
+  assert.equal(
+    compressed.bufferedAmount,
+    compressed.frames.reduce(
+      (sum, f) => sum + (f as Uint8Array).byteLength,
+      0,
+    ),
+  );
+  // 2 put the plain client behind; 3, 4 and 5 superseded what it was owed.
+  assert.equal(counts.conflated, 3);
+  // Caught up: the drain sends the plain client the newest, as text.
+  plain.drain();
+  tick();
+  assert.deepEqual(plain.sent, [bigPayload(1, 2000), bigPayload(5, 2000)]);
+  b.closeAll(1001, "done");
+});
+
+Deno.test("compressed clients get the cached payload on join, the drain's and sendLatest's", () => {
+  const { b, tick } = broadcaster({ clientBufferBytes: 60 });
+  const s = new FakeSocket();
+  b.seed(bigPayload(1)); // the seed at startup; 2 KB, 44 bytes compressed
+  b.add(s, "deflate-raw");
+  s.stalled = true;
+  b.broadcast(bigPayload(2)); // queue empty: sent
+  b.broadcast(bigPayload(3)); // 44 + 44 over 60: owed the newest
+  b.broadcast(bigPayload(4));
+  s.drain();
+  tick();
+  b.seed(bigPayload(5)); // the route is behind: cached only
+  b.seed(bigPayload(6));
+  b.sendLatest(); // caught up
+  assert.deepEqual(decoded(s).map((text) => JSON.parse(text).n), [1, 2, 4, 6]);
+  assert.ok(s.frames.every((f) => f instanceof Uint8Array));
   b.closeAll(1001, "done");
 });
