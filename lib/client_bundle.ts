@@ -14,7 +14,7 @@ var StateChangeEvent = class extends Event {
 var SnapshotEvent = class extends Event {
   snapshot;
   data;
-  /** \`data\` is the frame's text, exactly as the gateway relayed it. */
+  /** \`data\` is the snapshot's text exactly as published (inflated from a compressed frame). */
   constructor(snapshot, data) {
     super("snapshot"), this.snapshot = snapshot, this.data = data;
   }
@@ -58,13 +58,16 @@ var GatewayClient = class extends EventTarget {
   #reconnectTimer;
   #staleTimer;
   #pingTimer;
+  /** The last frame's place in the decode chain; undefined when no frame waits to be inflated. */
+  #decoding;
   #stats = {
     delivered: 0,
     droppedOlder: 0,
     pongs: 0,
     ignored: 0,
     invalid: 0,
-    disconnects: 0
+    disconnects: 0,
+    bytesReceived: 0
   };
   constructor(options) {
     super();
@@ -80,6 +83,7 @@ var GatewayClient = class extends EventTarget {
     this.#o = {
       tokenIn: "query",
       protocol: "gateway",
+      encoding: options.encoding ?? (canInflateRaw() ? "deflate-raw" : "text"),
       expectedIntervalMs: 250,
       staleAfter: 8,
       backoffBaseMs: 250,
@@ -108,6 +112,10 @@ var GatewayClient = class extends EventTarget {
     return {
       ...this.#stats
     };
+  }
+  /** The frames asked of the gateway. */
+  get encoding() {
+    return this.#o.encoding;
   }
   /** Stops for good: no reconnect, no timers. Resolves once the socket has closed. */
   close() {
@@ -151,22 +159,25 @@ var GatewayClient = class extends EventTarget {
     }
     this.#socket = socket;
     socket.onopen = () => this.#onOpen();
-    socket.onmessage = (event) => this.#onFrame(event.data);
+    if (this.#o.encoding === "deflate-raw") socket.binaryType = "arraybuffer";
+    socket.onmessage = (event) => this.#onMessage(event.data);
     socket.onclose = (event) => this.#onClose(event.code, event.reason, event.wasClean);
     socket.onerror = () => {
     };
   }
   #open(token) {
-    if (token === void 0) return new this.#o.WebSocket(this.#o.url);
-    if (this.#o.tokenIn === "protocol") {
-      return new this.#o.WebSocket(this.#o.url, [
-        this.#o.protocol,
-        \`bearer.\${token}\`
-      ]);
+    let href = this.#o.url;
+    if (this.#o.encoding === "deflate-raw" || token !== void 0 && this.#o.tokenIn === "query") {
+      const url = new URL(href);
+      if (this.#o.encoding === "deflate-raw") url.searchParams.set("encoding", "deflate-raw");
+      if (token !== void 0 && this.#o.tokenIn === "query") url.searchParams.set("token", token);
+      href = url.href;
     }
-    const url = new URL(this.#o.url);
-    url.searchParams.set("token", token);
-    return new this.#o.WebSocket(url.href);
+    if (token === void 0 || this.#o.tokenIn === "query") return new this.#o.WebSocket(href);
+    return new this.#o.WebSocket(href, [
+      this.#o.protocol,
+      \`bearer.\${token}\`
+    ]);
   }
   #onOpen() {
     this.#lastFrameAt = this.#o.now();
@@ -174,9 +185,29 @@ var GatewayClient = class extends EventTarget {
     this.#armStale();
     if (this.#o.pingIntervalMs > 0) this.#armPing();
   }
-  #onFrame(data) {
+  /**
+   * A frame as it arrives. Text goes on at once unless compressed frames before it are still
+   * being inflated: then, like them, it waits its turn, so frames are handled in arrival order.
+   */
+  #onMessage(data) {
     this.#lastFrameAt = this.#o.now();
-    if (typeof data !== "string") return this.#invalid("a binary frame");
+    this.#stats.bytesReceived += byteSize(data);
+    if (typeof data === "string" && this.#decoding === void 0) return this.#onFrame(data);
+    if (typeof data !== "string" && this.#o.encoding !== "deflate-raw") {
+      return this.#invalid("a binary frame");
+    }
+    const generation = this.#generation;
+    const text = typeof data === "string" ? Promise.resolve(data) : inflateRaw(data);
+    const tail = (this.#decoding ?? Promise.resolve()).then(() => text).then((decoded) => {
+      if (generation === this.#generation) this.#onFrame(decoded);
+    }, (error) => {
+      if (generation === this.#generation) this.#invalid("a frame that does not inflate", error);
+    }).finally(() => {
+      if (this.#decoding === tail) this.#decoding = void 0;
+    });
+    this.#decoding = tail;
+  }
+  #onFrame(data) {
     let parsed;
     try {
       parsed = JSON.parse(data);
@@ -286,9 +317,9 @@ var GatewayClient = class extends EventTarget {
     this.#state = state;
     this.dispatchEvent(new StateChangeEvent(state, previous));
   }
-  #invalid(what) {
+  #invalid(what, cause) {
     this.#stats.invalid++;
-    this.#report(\`Ignored \${what}\`);
+    this.#report(\`Ignored \${what}\`, cause);
   }
   #report(message, cause) {
     this.dispatchEvent(new GatewayErrorEvent(new Error(message, {
@@ -296,6 +327,45 @@ var GatewayClient = class extends EventTarget {
     })));
   }
 };
+function canInflateRaw() {
+  try {
+    new DecompressionStream("deflate-raw");
+    return true;
+  } catch {
+    return false;
+  }
+}
+var UTF8 = new TextDecoder("utf-8", {
+  ignoreBOM: true
+});
+async function inflateRaw(data) {
+  if (!(data instanceof ArrayBuffer) && !(data instanceof Blob)) {
+    throw new TypeError("a binary frame is neither an ArrayBuffer nor a Blob");
+  }
+  const blob = data instanceof Blob ? data : new Blob([
+    data
+  ]);
+  const inflated = blob.stream().pipeThrough(new DecompressionStream("deflate-raw"));
+  return UTF8.decode(await new Response(inflated).arrayBuffer());
+}
+function byteSize(data) {
+  if (typeof data === "string") {
+    let bytes = data.length;
+    for (let i = 0; i < data.length; i++) {
+      const code = data.charCodeAt(i);
+      if (code < 128) continue;
+      if (code < 2048) bytes += 1;
+      else if (code >= 55296 && code <= 56319 && i + 1 < data.length) {
+        bytes += 2;
+        i++;
+      } else bytes += 2;
+    }
+    return bytes;
+  }
+  if (data instanceof ArrayBuffer) return data.byteLength;
+  if (data instanceof Blob) return data.size;
+  return 0;
+}
 function withoutUndefined(options) {
   return Object.fromEntries(Object.entries(options).filter(([, value]) => value !== void 0));
 }

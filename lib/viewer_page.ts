@@ -1,7 +1,9 @@
 /**
  * The live viewer served at `GET /`: one self-contained HTML page (no external assets) built on
  * the browser client at `/client.js`. It shows what the relay sends and computes nothing: the
- * routes, the connection state, the message rate, how old the last snapshot is, and for
+ * routes, the connection state, the message rate, the bytes received per second (compressed
+ * frames where the browser inflates them, as the client asks by default), how old the last
+ * snapshot is, and for
  * `levels.signals.v1` payloads the SPY quote and the levels table; other payloads as JSON.
  *
  * Page URL parameters: `?route=PATH` (a configured path, default the first), `?value=SPY` (for a
@@ -86,6 +88,8 @@ const BODY = `<header>
 <dl id="stats">
 <dt>Route</dt><dd id="route">–</dd>
 <dt>Messages/s (last 5 s)</dt><dd id="rate">0.0</dd>
+<dt>Bytes/s received (last 5 s)</dt><dd id="bytes-rate">0</dd>
+<dt>Frames</dt><dd id="encoding">–</dd>
 <dt>Snapshot age (now − ts)</dt><dd id="age">–</dd>
 <dt>Last received</dt><dd id="received">–</dd>
 <dt>Delivered / older dropped / disconnects</dt><dd id="counts">0 / 0 / 0</dd>
@@ -115,6 +119,8 @@ const params = new URLSearchParams(location.search);
 const RATE_WINDOW_MS = 5000;
 let client;
 let receivedAt = [];
+/** [time, client.stats.bytesReceived] once per tick, over the rate window. */
+let byteSamples = [];
 let connectedSince = Date.now();
 let lastReceivedAt;
 let latestTs;
@@ -165,10 +171,14 @@ async function connect() {
   $("route").textContent = target.path + " ← " + target.subject;
   $("why").textContent = "";
   receivedAt = [];
+  byteSamples = [];
   connectedSince = Date.now();
   lastReceivedAt = latestTs = undefined;
   const token = $("token").value;
+  // Compressed frames where this browser inflates them (the client's own feature test).
   client = connectGateway({ url: url.href, ...(token ? { token: () => token } : {}) });
+  $("encoding").textContent = client.encoding === "deflate-raw"
+    ? "deflate-raw (binary, inflated here)" : "text";
   client.addEventListener("statechange", (e) => showState(e.state));
   client.addEventListener("snapshot", (e) => showSnapshot(e.snapshot));
   client.addEventListener("disconnect", (e) => showClose(e));
@@ -242,6 +252,11 @@ function tick() {
   if (client) {
     const s = client.stats;
     $("counts").textContent = s.delivered + " / " + s.droppedOlder + " / " + s.disconnects;
+    byteSamples.push([now, s.bytesReceived]);
+    byteSamples = byteSamples.filter(([t]) => now - t <= RATE_WINDOW_MS);
+    const [t0, bytes0] = byteSamples[0];
+    const bytesSpanMs = Math.max(1000, now - t0);
+    $("bytes-rate").textContent = String(Math.round((s.bytesReceived - bytes0) / (bytesSpanMs / 1000)));
   }
 }
 

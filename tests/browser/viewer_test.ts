@@ -222,6 +222,16 @@ Deno.test({
     await waitForText(page, "rate", /^(?!0\.0$)\d+\.\d$/);
     assert.match(await text(page, "age"), /^-?\d+\.\d s$/);
     assert.match(await text(page, "received"), /^\d+\.\d s ago$/);
+    // Chromium inflates deflate-raw, so the viewer asks for compressed frames and counts them.
+    assert.equal(await text(page, "encoding"), "deflate-raw (binary, inflated here)");
+    await waitForText(page, "bytes-rate", /^[1-9]\d*$/);
+    const bytesPerSecond = Number(await text(page, "bytes-rate"));
+    const messagesPerSecond = Number(await text(page, "rate"));
+    // ~6.8 KB snapshots at ~4/s: compressed frames are a fraction of 27 KB/s.
+    assert.ok(
+      bytesPerSecond < 0.5 * 6_800 * Math.max(messagesPerSecond, 4),
+      `${bytesPerSecond} B/s at ${messagesPerSecond} msg/s`,
+    );
     if (Deno.env.get("GATEWAY_SCREENSHOT") === "1") {
       // A full rate window first, so the picture shows the steady state.
       await waitForText(page, "counts", /^(?:[2-9]\d|\d{3,}) \//);

@@ -10,6 +10,7 @@ import {
 import type { LevelsSignalsV1 } from "../../client/levels_signals_v1.ts";
 import { Ajv2020 } from "ajv/dist/2020.js";
 import { levelsSignal } from "../helpers/signals.ts";
+import { deflateRawSync } from "node:zlib";
 
 /** Timers that fire only when the test advances time. */
 class FakeClock {
@@ -61,6 +62,7 @@ class FakeSocket implements SocketLike {
   onmessage: ((event: MessageEvent) => void) | null = null;
   onclose: ((event: CloseEvent) => void) | null = null;
   onerror: ((event: Event) => void) | null = null;
+  binaryType?: "blob" | "arraybuffer";
 
   constructor(readonly url: string, readonly protocols?: string[]) {}
 
@@ -126,6 +128,8 @@ async function harness(options: Options = {}) {
     clearTimeout: clock.clearTimeout,
     now: () => clock.now,
     random: () => h.random,
+    // Text unless a test asks for compressed frames (Deno inflates deflate-raw: its default).
+    encoding: "text",
     ...options,
   });
   client.addEventListener("statechange", (e) => h.states.push(e.state));
@@ -508,4 +512,95 @@ Deno.test("levels.signals.v1 schema: the spec's example and our fixtures pass, b
   ) {
     assert.equal(validate(JSON.parse(JSON.stringify(broken))), false, JSON.stringify(broken));
   }
+});
+
+/** A payload's raw DEFLATE as the gateway sends it: an ArrayBuffer of its own. */
+function deflated(text: string): ArrayBuffer {
+  const bytes = deflateRawSync(new TextEncoder().encode(text));
+  return bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer;
+}
+
+/** Resolves once `h` has delivered `count` snapshots (inflating takes real tasks, not a tick). */
+function delivered(h: Awaited<ReturnType<typeof harness>>, count: number): Promise<void> {
+  return new Promise((resolve) => {
+    if (h.snapshots.length >= count) return resolve();
+    const check = () => {
+      if (h.snapshots.length < count) return;
+      h.client.removeEventListener("snapshot", check);
+      resolve();
+    };
+    h.client.addEventListener("snapshot", check);
+  });
+}
+
+Deno.test("client: asks for deflate-raw by default where DecompressionStream inflates it", async () => {
+  const sockets: SocketLike[] = [];
+  const urls: string[] = [];
+  const client = new GatewayClient({
+    url: "ws://gateway.test/ws/stream",
+    token: () => "t1",
+    WebSocket: class extends FakeSocket {
+      constructor(url: string) {
+        super(url);
+        urls.push(url);
+        sockets.push(this);
+      }
+    },
+  });
+  await settle();
+  assert.equal(client.encoding, "deflate-raw");
+  assert.deepEqual(urls, ["ws://gateway.test/ws/stream?encoding=deflate-raw&token=t1"]);
+  assert.equal(sockets[0].binaryType, "arraybuffer");
+  await client.close();
+  const text = await harness({ encoding: "text" });
+  assert.equal(text.socket.url, "ws://gateway.test/ws/stream");
+  assert.equal(text.socket.binaryType, undefined);
+  await text.client.close();
+});
+
+Deno.test("client: compressed frames deliver the exact published text, in arrival order", async () => {
+  const h = await connected({ encoding: "deflate-raw" });
+  const texts: string[] = [];
+  h.client.addEventListener("snapshot", (e) => texts.push(e.data));
+  // A large frame first: its inflate takes longest, yet nothing after it may overtake it.
+  const big = JSON.stringify({ ...JSON.parse(levelsSignal(1, 0, 200)), ts: 1 });
+  const frames = [big, snapshot(2, { "é": "ü" }), snapshot(3), snapshot(4)];
+  h.socket.receive(deflated(frames[0]));
+  h.socket.receive('{"type":"pong"}'); // text while a decode is pending waits its turn
+  h.socket.receive(frames[1]); // a payload that did not shrink comes as text
+  h.socket.receive(deflated(frames[2]));
+  h.socket.receive(deflated(frames[3]));
+  await delivered(h, 4);
+  assert.deepEqual(h.snapshots, [1, 2, 3, 4]);
+  assert.deepEqual(texts, frames);
+  assert.equal(h.client.stats.pongs, 1);
+  const wire = deflated(frames[0]).byteLength + 15 + new TextEncoder().encode(frames[1]).length +
+    deflated(frames[2]).byteLength + deflated(frames[3]).byteLength;
+  assert.equal(h.client.stats.bytesReceived, wire);
+  await h.client.close();
+});
+
+Deno.test("client: a frame that does not inflate is reported; the frames after it still arrive", async () => {
+  const h = await connected({ encoding: "deflate-raw" });
+  h.socket.receive(new Uint8Array([0xff, 0xff, 0xff, 0x00]).buffer);
+  h.socket.receive(deflated(snapshot(5)));
+  await delivered(h, 1);
+  assert.deepEqual(h.snapshots, [5]);
+  assert.equal(h.client.stats.invalid, 1);
+  assert.match(h.errors[0], /does not inflate/);
+  await h.client.close();
+});
+
+Deno.test("client: with text frames asked for, a binary frame is invalid; after close() nothing", async () => {
+  const h = await connected({ encoding: "text" });
+  h.socket.receive(deflated(snapshot(1)));
+  assert.equal(h.client.stats.invalid, 1);
+  const c = await connected({ encoding: "deflate-raw" });
+  const witness = await connected({ encoding: "deflate-raw" });
+  c.socket.receive(deflated(snapshot(1)));
+  witness.socket.receive(deflated(snapshot(1))); // the same inflate, started just after
+  await c.client.close(); // before the inflate finished
+  await delivered(witness, 1);
+  assert.deepEqual(c.snapshots, []);
+  await Promise.all([h.client.close(), witness.client.close()]);
 });
