@@ -1,28 +1,32 @@
 /**
  * SnapshotConsumer: a self-healing JetStream consumer, exposed the way nats.js exposes its own —
  * an async iterable of messages, a typed `status()` iterable and `restart(reason)`. It starts at
- * the newest stored message and starts there again whenever it has to be recreated.
+ * the newest stored message and starts there again whenever it has to be recreated; how one is
+ * created, and retried, is ./consumer_create.ts.
  */
 import type { NatsConnection } from "@nats-io/nats-core";
 import {
-  AckPolicy,
   type Consumer,
   type ConsumerMessages,
-  DeliverPolicy,
   jetstream,
   type JetStreamManager,
   jetstreamManager,
 } from "@nats-io/jetstream";
 import type { Logger } from "../log.ts";
 import { delay, errorMessage } from "../util.ts";
+import {
+  type ConsumerTarget,
+  FAST_ATTEMPTS,
+  isTimeout,
+  openConsumer,
+  retrySchedule,
+  watchStatus,
+} from "./consumer_create.ts";
+import { EventQueue } from "./event_queue.ts";
 import { ask, isNotFound, NatsRequestError, newestSequence } from "./streams.ts";
 
 /** Pause before a consumer is recreated, so a delete in progress is not raced. */
 const RESTART_DELAY_MS = 100;
-/** Pause after a failed (re)creation before the next try (the first FAST_ATTEMPTS tries). */
-const RETRY_DELAY_MS = 250;
-/** Longest pause between tries once they keep failing (e.g. a durable that may not be created). */
-const MAX_RETRY_DELAY_MS = 5_000;
 /**
  * The server sends a heartbeat this often while a pull waits; two missed ones (about 2 s)
  * replace the consumer, so one bound to a dead node is noticed fast.
@@ -30,37 +34,7 @@ const MAX_RETRY_DELAY_MS = 5_000;
 export const IDLE_HEARTBEAT_MS = 1_000;
 /** A pull request lives this long before the client renews it (nats.js minimum: 1 s). */
 const PULL_EXPIRES_MS = 5_000;
-/**
- * Per-attempt timeout of the requests that (re)create a consumer, not the client's default 5 s:
- * after a node loss a request may reach a stream with no leader yet (raft election, 4-9 s on
- * nats-server 2.9) or a consumer placed on the dead node, and is never answered; a short
- * timeout retries soon after the election ends. A sound cluster answers them in milliseconds;
- * after FAST_ATTEMPTS failures the timeout grows, so a merely slow server still gets through.
- */
-const FAST_REQUEST_TIMEOUT_MS = 750;
-/**
- * About 20 s of fast tries: a 2.9 election has been seen to leave JetStream "temporarily
- * unavailable" for 18 s on a loaded machine, and a try that has grown to a 5 s timeout just
- * before it ends adds those seconds to the gap clients see.
- */
-const FAST_ATTEMPTS = 24;
-/** An ordered consumer create not answered this soon is sent again in parallel (see hedged). */
-const HEDGE_AFTER_MS = 300;
-const MAX_REQUEST_TIMEOUT_MS = 5_000;
 
-/** Request timeout and pause before the next try after `failures` consecutive failed tries. */
-export function retrySchedule(failures: number): { timeoutMs: number; retryDelayMs: number } {
-  if (failures < FAST_ATTEMPTS) {
-    return { timeoutMs: FAST_REQUEST_TIMEOUT_MS, retryDelayMs: RETRY_DELAY_MS };
-  }
-  const growth = 2 ** (failures - FAST_ATTEMPTS + 1);
-  return {
-    timeoutMs: Math.min(MAX_REQUEST_TIMEOUT_MS, FAST_REQUEST_TIMEOUT_MS * growth),
-    retryDelayMs: Math.min(MAX_RETRY_DELAY_MS, RETRY_DELAY_MS * growth),
-  };
-}
-
-/** A message as the relay sees it. */
 export interface BusMessage {
   readonly data: Uint8Array;
   /** The message's own subject (one of a templated route's wildcard filter). */
@@ -94,11 +68,7 @@ export type ConsumerStatus =
   /** A replacement is about to be created. */
   | { readonly type: "restarting"; readonly reason: string; readonly restarts: number };
 
-export interface ConsumerOptions {
-  readonly stream: string;
-  readonly subject: string;
-  /** Empty: an ordered (ephemeral) consumer per gateway; else this durable consumer. */
-  readonly durableName: string;
+export interface ConsumerOptions extends ConsumerTarget {
   readonly logger: Logger;
   /**
    * The subject's newest stream sequence when the caller has just read it (the gateway seeds
@@ -333,151 +303,4 @@ export class SnapshotConsumer implements AsyncIterable<BusMessage> {
   #emit(status: ConsumerStatus): void {
     for (const queue of this.#statusQueues) queue.push(status);
   }
-}
-
-/** A push-driven async iterable with one reader; `onEnd` runs when its reader stops. */
-class EventQueue<T> implements AsyncIterable<T> {
-  #items: T[] = [];
-  #wake: (() => void) | undefined;
-  #ended = false;
-
-  constructor(private readonly onEnd: () => void) {}
-
-  push(item: T): void {
-    if (this.#ended) return;
-    this.#items.push(item);
-    this.#wake?.();
-  }
-
-  end(): void {
-    this.#ended = true;
-    this.#wake?.();
-  }
-
-  async *[Symbol.asyncIterator](): AsyncGenerator<T> {
-    try {
-      while (true) {
-        const item = this.#items.shift();
-        if (item !== undefined) {
-          yield item;
-          continue;
-        }
-        if (this.#ended) return;
-        await new Promise<void>((resolve) => (this.#wake = resolve));
-        this.#wake = undefined;
-      }
-    } finally {
-      this.#ended = true;
-      this.onEnd();
-    }
-  }
-}
-
-/**
- * Sends a second create when the first is not answered within HEDGE_AFTER_MS: after a node loss
- * the meta leader may place an R1 consumer on the dead node (until it is marked offline) and
- * never answer, while the other try usually lands on a live one. The first answer wins; a late
- * one is deleted. Both unanswered: the first's error.
- */
-async function hedged(create: () => Promise<Consumer>): Promise<Consumer> {
-  const first = create();
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const answeredInTime = await Promise.race([
-    first.then(() => true, () => true),
-    new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), HEDGE_AFTER_MS))),
-  ]);
-  clearTimeout(timer);
-  if (answeredInTime) return await first;
-  const tries = [first, create()];
-  const winner = await Promise.any(tries.map((p, i) => p.then((consumer) => ({ consumer, i }))))
-    .catch(() => undefined);
-  if (winner === undefined) return await first; // rethrows the first's error
-  // A late one on a dead node cannot be deleted now; it expires (inactive_threshold, 5 min).
-  void tries[1 - winner.i].then((late) => late.delete()).catch(() => {});
-  return winner.consumer;
-}
-
-function isTimeout(err: unknown): boolean {
-  for (let e: unknown = err; e instanceof Error; e = e.cause) {
-    if (e.name === "TimeoutError" || /^timeout$/i.test(e.message)) return true;
-  }
-  return false;
-}
-
-function watchStatus(messages: ConsumerMessages, restart: (reason: string) => void): Promise<void> {
-  return (async () => {
-    for await (const s of messages.status()) {
-      switch (s.type) {
-        case "consumer_deleted":
-        case "consumer_not_found":
-        case "stream_not_found":
-        case "heartbeats_missed":
-        case "ordered_consumer_recreated":
-        case "reset":
-          return restart(s.type);
-      }
-    }
-  })();
-}
-
-async function openConsumer(
-  js: ReturnType<typeof jetstream>,
-  jsm: JetStreamManager,
-  options: ConsumerOptions,
-  newestAtStart: number,
-): Promise<Consumer> {
-  const { stream, subject, durableName } = options;
-  if (durableName === "") {
-    return await ask(
-      `ordered consumer create on ${stream} for ${subject}`,
-      () =>
-        hedged(() =>
-          js.consumers.get(stream, {
-            // A single string: nats-server 2.9 rejects the array form.
-            filter_subjects: subject,
-            ...(options.lastPerSubject
-              ? { deliver_policy: DeliverPolicy.LastPerSubject }
-              : newestAtStart > 0
-              ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: newestAtStart }
-              : { deliver_policy: DeliverPolicy.All }),
-          })
-        ),
-    );
-  }
-  // Binding an existing durable needs only consumer info rights (least privilege).
-  try {
-    return await ask(
-      `consumer info ${stream} ${durableName}`,
-      () => js.consumers.get(stream, durableName),
-    );
-  } catch (err) {
-    if (!isNotFound(err)) throw err;
-  }
-  if (options.createDurable === false) {
-    throw new Error(
-      `durable consumer ${durableName} (GATEWAY_DURABLE) does not exist on stream ${stream} and GATEWAY_CREATE_STREAMS=false forbids creating it: create it with a NATS user allowed to (the gateway binds it once it exists), or set GATEWAY_CREATE_STREAMS=true`,
-    );
-  }
-  try {
-    await jsm.consumers.add(stream, {
-      durable_name: durableName,
-      ack_policy: AckPolicy.Explicit,
-      filter_subject: subject,
-      deliver_policy: DeliverPolicy.LastPerSubject,
-    });
-  } catch (err) {
-    // Another replica may have created it meanwhile; anything else is the user's to fix.
-    if (!/already in use|already exists/i.test(errorMessage(err))) {
-      throw new Error(
-        `durable consumer ${durableName} (GATEWAY_DURABLE) does not exist on stream ${stream} and cannot be created (${
-          errorMessage(err)
-        }): create it with a NATS user allowed to, or unset GATEWAY_DURABLE`,
-        { cause: err },
-      );
-    }
-  }
-  return await ask(
-    `consumer info ${stream} ${durableName}`,
-    () => js.consumers.get(stream, durableName),
-  );
 }

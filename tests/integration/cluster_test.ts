@@ -20,7 +20,8 @@ import {
   StorageType,
 } from "@nats-io/jetstream";
 import { startGateway } from "../../lib/gateway.ts";
-import { IDLE_HEARTBEAT_MS, retrySchedule } from "../../lib/nats/consumer.ts";
+import { IDLE_HEARTBEAT_MS } from "../../lib/nats/consumer.ts";
+import { retrySchedule } from "../../lib/nats/consumer_create.ts";
 import type { NatsServer } from "../helpers/nats_server.ts";
 import { NatsCluster } from "../helpers/nats_cluster.ts";
 import { Client, eventually, recordingLogger, signal, testConfig } from "../helpers/fixtures.ts";
