@@ -4,13 +4,16 @@
  * after a graceful stop, 1 when the gateway cannot start or cannot go on, 2 for bad configuration.
  */
 import { type CliMode, helpText, parseArgs, versionText } from "./lib/cli.ts";
+import { checkConfigFiles } from "./lib/config_files.ts";
 import { type Config, ConfigError, describeConfig, parseConfig } from "./lib/config.ts";
 import {
   describeUnknown,
+  isFatal,
   type LoadedEnvironment,
   loadEnvironment,
   refuseUnknown,
 } from "./lib/env_file.ts";
+import { checkPermissions, PermissionScopeError } from "./lib/permissions.ts";
 import { startCluster } from "./lib/cluster.ts";
 import { type RunningGateway, startGateway } from "./lib/gateway.ts";
 import { createLogger, type Logger } from "./lib/log.ts";
@@ -23,7 +26,8 @@ const STOP_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
 
 /**
  * Reads and checks the configuration, logging every problem; undefined when the gateway must
- * not start (exit 2). Unknown variable names are warnings, or errors under GATEWAY_STRICT_CONFIG.
+ * not start (exit 2). Removed names and unknown GATEWAY_* names are errors, other unknown names
+ * (NATS_*, near misses of PORT) warnings. Reads no file but the env file.
  */
 export function loadConfig(load: () => LoadedEnvironment = loadEnvironment): Config | undefined {
   let loaded: LoadedEnvironment;
@@ -33,24 +37,36 @@ export function loadConfig(load: () => LoadedEnvironment = loadEnvironment): Con
   } catch (err) {
     return reportInvalid(createLogger("info"), err);
   }
+  const refusal = refuseUnknown(loaded.unknown, loaded.removed);
   try {
     config = parseConfig(loaded.env);
   } catch (err) {
     // Unknown names first: a misspelt variable often explains the error that follows.
-    reportUnknown(createLogger("info"), loaded, "warn");
+    reportUnknown(createLogger("info"), loaded);
+    if (refusal) reportInvalid(createLogger("info"), new ConfigError(refusal));
     return reportInvalid(createLogger("info"), err);
   }
   const logger = createLogger(config.logLevel);
-  const refusal = refuseUnknown(loaded.unknown, {
-    strict: config.strictConfig,
-    authConfigured: config.authTokens.length > 0 || config.jwtSecret !== "" ||
-      config.jwtKeys.length > 0,
-  });
-  reportUnknown(logger, loaded, refusal ? "error" : "warn");
+  reportUnknown(logger, loaded);
   return refusal ? reportInvalid(logger, new ConfigError(refusal)) : config;
 }
 
-function reportUnknown(logger: Logger, loaded: LoadedEnvironment, level: "warn" | "error"): void {
+/**
+ * What a start checks before it connects, beyond parsing: the permissions cover what the
+ * configuration names, and the files it names can be used. Undefined when all is well.
+ */
+export async function checkBeforeStart(config: Config): Promise<Error | undefined> {
+  try {
+    await checkPermissions(config);
+    checkConfigFiles(config);
+    return undefined;
+  } catch (err) {
+    if (err instanceof ConfigError || err instanceof PermissionScopeError) return err;
+    throw err;
+  }
+}
+
+function reportUnknown(logger: Logger, loaded: LoadedEnvironment): void {
   if (!loaded.environmentListed) {
     logger.debug("environment names not checked", {
       reason:
@@ -58,7 +74,7 @@ function reportUnknown(logger: Logger, loaded: LoadedEnvironment, level: "warn" 
     });
   }
   for (const variable of loaded.unknown) {
-    logger[level]("unknown variable", {
+    logger[isFatal(variable) ? "error" : "warn"]("unknown variable", {
       name: variable.name,
       source: variable.source,
       closest: variable.closest,
@@ -68,7 +84,7 @@ function reportUnknown(logger: Logger, loaded: LoadedEnvironment, level: "warn" 
 }
 
 function reportInvalid(logger: Logger, err: unknown): undefined {
-  if (!(err instanceof ConfigError)) throw err;
+  if (!(err instanceof ConfigError || err instanceof PermissionScopeError)) throw err;
   logger.error("invalid configuration", { error: err.message });
   return undefined;
 }
@@ -126,12 +142,20 @@ export async function main(args: readonly string[] = Deno.args): Promise<number>
   const mode = parseArgs(args);
   const answered = answerWithoutConfig(mode);
   if (answered !== undefined) return answered;
-  const config = loadConfig();
-  if (config === undefined) return 2;
+  const loaded = loadConfig();
+  if (loaded === undefined) return 2;
   if (mode.kind === "health-check" || mode.kind === "live-check") {
-    return await probe(mode.kind, config, createLogger(config.logLevel));
+    return await probe(mode.kind, loaded, createLogger(loaded.logLevel));
   }
-  const logger = createLogger(config.logLevel);
+  const logger = createLogger(loaded.logLevel);
+  const refused = await checkBeforeStart(loaded);
+  if (refused) return reportInvalid(logger, refused) ?? 2;
+  if (mode.kind === "check-config") {
+    console.log(JSON.stringify(describeConfig(loaded)));
+    return 0;
+  }
+  const fdLimit = mode.kind === "run" ? mode.fdLimit : 0;
+  const config: Config = Object.freeze({ ...loaded, fdLimit });
   logger.info("configuration", describeConfig(config));
   // Listening from the start: a signal during startup stops the gateway as soon as it is up,
   // instead of killing the process (the default action) with clients half-attached.

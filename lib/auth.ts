@@ -1,7 +1,8 @@
 /**
  * Who may connect: where a client's token comes from, static tokens, JWTs verified with `jose`
  * (HMAC secret, PEM public key, JWKS file), per-route access from the `routes` claim, and the
- * allowed browser origins. The only I/O is reading the key files, once, at startup.
+ * allowed browser origins. The only I/O is reading the key files, once, when the Authenticator
+ * starts (main.ts reads them first too, so a bad one exits 2 before anything else starts).
  */
 import { createPublicKey } from "node:crypto";
 import {
@@ -151,6 +152,20 @@ export function readJwksFile(path: string): PublicJwk[] {
     );
   }
   return keys.map((key, index) => checkJwk(key, `${variable} ("${path}") key ${index + 1}`));
+}
+
+/** The public keys of GATEWAY_JWT_PUBLIC_KEY and GATEWAY_JWT_JWKS; throws AuthConfigError. */
+export function readJwtKeys(paths: JwtKeyFiles): PublicJwk[] {
+  return [
+    ...(paths.jwtPublicKeyPath ? [readPublicKeyFile(paths.jwtPublicKeyPath)] : []),
+    ...(paths.jwtJwksPath ? readJwksFile(paths.jwtJwksPath) : []),
+  ];
+}
+
+/** The fields of Config that name JWT key files ("" for none). */
+export interface JwtKeyFiles {
+  readonly jwtPublicKeyPath: string;
+  readonly jwtJwksPath: string;
 }
 
 function checkJwk(key: unknown, where: string): PublicJwk {
@@ -334,13 +349,14 @@ export class Authenticator {
     this.#jwt = options.jwt;
   }
 
-  /** The authenticator a configuration asks for (imports the JWT keys it names). */
+  /** The authenticator a configuration asks for (reads and imports the JWT keys it names). */
   static async fromConfig(config: AuthConfig): Promise<Authenticator> {
-    const jwtConfigured = config.jwtSecret !== "" || config.jwtKeys.length > 0;
+    const keys = readJwtKeys(config);
+    const jwtConfigured = config.jwtSecret !== "" || keys.length > 0;
     const jwt = jwtConfigured
       ? await JwtVerifier.create({
         secret: config.jwtSecret,
-        keys: config.jwtKeys,
+        keys,
         audience: config.jwtAudience,
         issuer: config.jwtIssuer,
         clockSkewSeconds: config.jwtClockSkewSeconds,
@@ -397,10 +413,9 @@ export class Authenticator {
 }
 
 /** The fields of Config that say who may connect. */
-export interface AuthConfig {
+export interface AuthConfig extends JwtKeyFiles {
   readonly authTokens: readonly string[];
   readonly jwtSecret: string;
-  readonly jwtKeys: readonly PublicJwk[];
   readonly jwtAudience: string;
   readonly jwtIssuer: string;
   readonly jwtClockSkewSeconds: number;
@@ -442,7 +457,7 @@ function constantTimeEqual(a: string, b: string): boolean {
 
 /** GATEWAY_ALLOWED_ORIGINS: `*` (any), or exact origins such as `https://app.example.com`. */
 export function parseAllowedOrigins(raw: string | undefined): string[] {
-  if (raw === undefined || raw.trim() === "" || raw.trim() === "*") return ["*"];
+  if (raw === undefined || raw.trim() === "*") return ["*"];
   const entries = raw.split(",").map((entry) => entry.trim()).filter((entry) => entry !== "");
   for (const entry of entries) {
     let origin: string | undefined;

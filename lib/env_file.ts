@@ -7,7 +7,8 @@
  * `gateway_auth_tokens`) are found here with the closest known name; main.ts decides what to do.
  */
 import { parse as parseDotenv } from "dotenv";
-import { ConfigError, ENV_VARIABLES } from "./config.ts";
+import { ConfigError } from "./config_error.ts";
+import { ENV_VARIABLES, REMOVED_VARIABLES } from "./settings.ts";
 
 export type Env = Record<string, string | undefined>;
 
@@ -20,6 +21,12 @@ export interface UnknownVariable {
   readonly closest: string;
 }
 
+/** A variable set somewhere that the gateway no longer reads (lib/settings.ts REMOVED_VARIABLES). */
+export interface RemovedVariable {
+  readonly name: string;
+  readonly source: string;
+}
+
 /** What the gateway was given, and what it was given that it does not read. */
 export interface LoadedEnvironment {
   /** Every variable of ENV_VARIABLES: the environment's value, else the env file's. */
@@ -27,6 +34,8 @@ export interface LoadedEnvironment {
   /** The env file read, if any. */
   readonly envFilePath?: string;
   readonly unknown: readonly UnknownVariable[];
+  /** Removed names that are set: each stops the gateway, saying what replaced it. */
+  readonly removed: readonly RemovedVariable[];
   /** False when the permissions do not allow listing the environment's names (only the file was checked). */
   readonly environmentListed: boolean;
 }
@@ -40,6 +49,8 @@ export interface EnvironmentSource {
 }
 
 const KNOWN: ReadonlySet<string> = new Set(ENV_VARIABLES);
+/** Removed names are looked up one by one, so even a scoped --allow-env finds them. */
+const REMOVED = Object.keys(REMOVED_VARIABLES);
 const NAME_PATTERN = /^[A-Za-z_][A-Za-z0-9_]*$/;
 /** `NAME=rest`, with an optional `export `; NAME is checked separately for a clearer message. */
 const ASSIGNMENT = /^\s*(?:export\s+)?([^\s=]+?)\s*=(.*)$/;
@@ -50,7 +61,11 @@ const ASSIGNMENT = /^\s*(?:export\s+)?([^\s=]+?)\s*=(.*)$/;
  * /proc/self/environ without --allow-all), so only the env file is checked there.
  */
 export const processEnvironment: EnvironmentSource = {
-  get: (name) => Deno.env.get(name),
+  // Asked first: a variable outside a scoped --allow-env would throw, or prompt on a terminal.
+  get: (name) =>
+    Deno.permissions.querySync({ name: "env", variable: name }).state === "granted"
+      ? Deno.env.get(name)
+      : undefined,
   names: () => {
     if (Deno.permissions.querySync({ name: "env" }).state !== "granted") return undefined;
     return Object.keys(Deno.env.toObject());
@@ -75,23 +90,29 @@ export function loadEnvironment(
   for (const name of ENV_VARIABLES) env[name] = source.get(name);
   const environmentNames = source.names();
   const unknown = findUnknownVariables(environmentNames ?? [], () => "environment");
+  const removed: RemovedVariable[] = REMOVED
+    .filter((name) => source.get(name) !== undefined)
+    .map((name) => ({ name, source: "environment" }));
   const file = readEnvFile(source, env.GATEWAY_ENV_FILE?.trim());
   if (file === undefined) {
-    return { env, unknown, environmentListed: environmentNames !== undefined };
+    return { env, unknown, removed, environmentListed: environmentNames !== undefined };
   }
   for (const [name, value] of Object.entries(file.values)) {
     if (env[name] === undefined && KNOWN.has(name)) env[name] = value;
   }
-  unknown.push(
-    ...findUnknownVariables(
-      Object.keys(file.lines),
-      (name) => `env file ${file.path} line ${file.lines[name]}`,
-    ),
+  const fileSource = (name: string) => `env file ${file.path} line ${file.lines[name]}`;
+  unknown.push(...findUnknownVariables(Object.keys(file.lines), fileSource));
+  removed.push(
+    ...REMOVED.filter((name) => name in file.lines).map((name) => ({
+      name,
+      source: fileSource(name),
+    })),
   );
   return {
     env,
     envFilePath: file.path,
     unknown,
+    removed,
     environmentListed: environmentNames !== undefined,
   };
 }
@@ -237,12 +258,13 @@ const BUILD_TIME: ReadonlySet<string> = new Set([
   "GATEWAY_COMPILE_TARGET",
 ]);
 
-/** Unprefixed names the gateway reads (PORT, LOG_LEVEL): their near misses are checked too. */
+/** Unprefixed names the gateway reads (PORT): their near misses are checked too. */
 const UNPREFIXED = ENV_VARIABLES.filter((n) => !n.startsWith("GATEWAY_") && !n.startsWith("NATS_"));
 
 /**
  * Names meant for the gateway that it does not read: any GATEWAY_* or NATS_* (in any case) not
- * in ENV_VARIABLES, and PORT or LOG_LEVEL in another case or one typo away.
+ * in ENV_VARIABLES, and PORT in another case or one typo away. Removed names are not here: they
+ * are reported with their replacement (RemovedVariable).
  */
 export function findUnknownVariables(
   names: Iterable<string>,
@@ -250,7 +272,7 @@ export function findUnknownVariables(
 ): UnknownVariable[] {
   const unknown: UnknownVariable[] = [];
   for (const name of names) {
-    if (KNOWN.has(name) || BUILD_TIME.has(name)) continue;
+    if (KNOWN.has(name) || BUILD_TIME.has(name) || name in REMOVED_VARIABLES) continue;
     const upper = name.toUpperCase();
     const meant = isVariableLike(name) || UNPREFIXED.some((k) => editDistance(upper, k) <= 1);
     if (meant) unknown.push({ name, source: sourceOf(name), closest: closestKnownName(name) });
@@ -299,24 +321,28 @@ export function describeUnknown(variable: UnknownVariable): string {
 }
 
 /**
- * Why the gateway must not start with these unknown names, or undefined when warnings will do:
- * GATEWAY_STRICT_CONFIG=true makes any an error; a misspelt auth variable (AUTH, TOKEN, JWT) while
- * no authentication is configured is always one (it would leave /ws/stream open to everyone).
+ * Whether an unknown name stops the gateway. GATEWAY_* is the gateway's own prefix: a name there
+ * that it does not read is a misspelling whose setting would silently not apply (an auth token,
+ * a limit), so it is an error, as nats-server's `unknown field` is. NATS_* is shared with the
+ * `nats` CLI (NATS_CONTEXT, NATS_TIMEOUT, ...) and PORT with everything: those are warnings.
+ */
+export function isFatal(variable: UnknownVariable): boolean {
+  return variable.name.toUpperCase().startsWith("GATEWAY_");
+}
+
+/**
+ * Why the gateway must not start with these names, or undefined: every removed name, saying what
+ * replaced it, and every unknown GATEWAY_* name, saying the closest known one.
  */
 export function refuseUnknown(
   unknown: readonly UnknownVariable[],
-  options: { readonly strict: boolean; readonly authConfigured: boolean },
+  removed: readonly RemovedVariable[] = [],
 ): string | undefined {
-  const auth = unknown.find((v) =>
-    v.name.toUpperCase().startsWith("GATEWAY_") && /AUTH|TOKEN|JWT/.test(v.name.toUpperCase())
-  );
-  if (auth && !options.authConfigured) {
-    return `${auth.name} is set but no authentication is (did you mean ${auth.closest}?): ` +
-      `the gateway does not start, since /ws/stream would be open to everyone (its value is not shown)`;
-  }
-  if (options.strict && unknown.length > 0) {
-    const names = unknown.map((v) => `${v.name} (did you mean ${v.closest}?)`).join(", ");
-    return `GATEWAY_STRICT_CONFIG=true and ${unknown.length} variable(s) set are not read by the gateway: ${names}; fix or remove them`;
-  }
-  return undefined;
+  const reasons = [
+    ...removed.map((v) =>
+      `${v.name} (${v.source}) is no longer read: ${REMOVED_VARIABLES[v.name]}`
+    ),
+    ...unknown.filter(isFatal).map((v) => `${describeUnknown(v)} (${v.source})`),
+  ];
+  return reasons.length === 0 ? undefined : `${reasons.join("; ")} (values are not shown)`;
 }

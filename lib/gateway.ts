@@ -40,6 +40,14 @@ import { viewerHtml } from "./viewer_page.ts";
  */
 const LAG_POLL_MS = 1_000;
 
+/**
+ * Bounds on what a client sends. Clients send only `{"type":"ping"}` (15 bytes, one per
+ * heartbeat of client/gateway_client.ts): 4096 bytes and 20 frames a second are far above that
+ * and far below what would cost the gateway anything (fixed; they were settings nobody needed).
+ */
+const CLIENT_MAX_FRAME_BYTES = 4096;
+const CLIENT_MAX_FRAMES_PER_S = 20;
+
 /** A running gateway as main.ts sees it: one isolate, or several (lib/cluster.ts). */
 export interface RunningGateway extends AsyncDisposable {
   /** Where the HTTP/WebSocket server listens. */
@@ -200,8 +208,8 @@ class RunningInstance implements Gateway {
       authReject: config.authReject,
       allowedOrigins: config.allowedOrigins,
       idleTimeoutSeconds: config.idleTimeoutSeconds,
-      clientMaxFrameBytes: config.clientMaxFrameBytes,
-      clientMaxFramesPerSecond: config.clientMaxFramesPerSecond,
+      clientMaxFrameBytes: CLIENT_MAX_FRAME_BYTES,
+      clientMaxFramesPerSecond: CLIENT_MAX_FRAMES_PER_S,
       ...(config.viewer ? { viewerPage: viewerHtml(config.routes.map(viewerRoute)) } : {}),
     };
     const listen = (hostname: string, port: number, serve: HandlerDeps["serve"]) =>
@@ -328,7 +336,7 @@ export function checkPortsFree(config: Config): void {
     config.port,
   ]];
   if (config.adminPort > 0) {
-    ports.push(["GATEWAY_ADMIN_HOST/GATEWAY_ADMIN_PORT", config.adminHost, config.adminPort]);
+    ports.push(["GATEWAY_ADMIN_PORT", config.adminHost, config.adminPort]);
   }
   for (const [names, hostname, port] of ports) {
     if (port === 0) continue;

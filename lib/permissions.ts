@@ -11,7 +11,14 @@
  * checkPermissions runs before the gateway connects, so a configuration outside the scope fails
  * with one line that says what to do for the way the process was started.
  */
-import { type Config, ConfigError, ENV_VARIABLES } from "./config.ts";
+import { type Config, ConfigError } from "./config.ts";
+import { ENV_VARIABLES, REMOVED_VARIABLES, type Setting, SETTINGS } from "./settings.ts";
+
+/**
+ * The variables a process may look up: those it reads, and the removed ones, so that one still
+ * set is found (and refused with its replacement) under a scoped --allow-env too.
+ */
+const ENV_NAMES = [...ENV_VARIABLES, ...Object.keys(REMOVED_VARIABLES)];
 
 /** What a process may reach, read and look up; each list becomes one `--allow-*` flag. */
 export interface PermissionScope {
@@ -41,21 +48,11 @@ const ANY_ADDRESSES = ["0.0.0.0", "[::]"];
  */
 const BINARY_READ = [".env", "/etc/gateway", "lib"];
 
-/** The variables naming files the gateway reads at startup, with the Config field holding each. */
-const FILE_VARIABLES = [
-  ["NATS_CREDS", "natsCredsPath"],
-  ["NATS_NKEY", "natsNkeyPath"],
-  ["NATS_CA", "natsCaPath"],
-  ["NATS_CERT", "natsCertPath"],
-  ["NATS_KEY", "natsKeyPath"],
-  ["GATEWAY_JWT_PUBLIC_KEY", "jwtPublicKeyPath"],
-  ["GATEWAY_JWT_JWKS", "jwtJwksPath"],
-] as const satisfies readonly (readonly [string, keyof Config])[];
-
-/** The files a configuration names, by variable; unset ones are left out. */
+/** The files a configuration names (`file` settings of lib/settings.ts), by variable; unset ones are left out. */
 export function configuredFiles(config: Config): { name: string; path: string }[] {
-  return FILE_VARIABLES
-    .map(([name, field]) => ({ name, path: config[field] }))
+  return ENV_VARIABLES
+    .filter((name) => (SETTINGS[name] as Setting<unknown>).file)
+    .map((name) => ({ name, path: String(config.settings[name]) }))
     .filter(({ path }) => path !== "");
 }
 
@@ -110,7 +107,7 @@ export function launchScope(config: Config, options: LaunchOptions): PermissionS
     }
     read.push(path);
   }
-  return { net: unique(net), env: [...ENV_VARIABLES], read: unique(read) };
+  return { net: unique(net), env: ENV_NAMES, read: unique(read) };
 }
 
 export interface BuildWidening {
@@ -131,7 +128,7 @@ export function buildScope(widening: BuildWidening = {}): PermissionScope {
       ...(widening.natsHosts ?? []),
       ...(widening.listenHosts ?? []),
     ]),
-    env: [...ENV_VARIABLES],
+    env: ENV_NAMES,
     read: unique([...BINARY_READ, ...(widening.readPaths ?? [])]),
   };
 }

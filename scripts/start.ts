@@ -3,7 +3,7 @@
  * from it (lib/permissions.ts launchScope) and runs main.ts with exactly those, passing stdio,
  * SIGINT/SIGTERM/SIGHUP and the exit code through. The launcher itself may only read the
  * environment and files (the env file can be anywhere) and run `deno`; it never touches the
- * network. Arguments after the task name go to main.ts (e.g. `--health-check`).
+ * network. Arguments after the task name go to main.ts (e.g. `--check-config`, `--health-check`).
  */
 import { parseArgs } from "../lib/cli.ts";
 import { type Config, ConfigError } from "../lib/config.ts";
@@ -61,7 +61,7 @@ export async function launch(args: readonly string[]): Promise<number> {
   // Help, version and bad arguments are answered before any configuration is read, so a broken
   // environment cannot hide them; main.ts answers them without permissions.
   if (["help", "version", "invalid"].includes(parseArgs(args).kind)) {
-    return await runMain(gatewayArgs(undefined, args), {});
+    return await runMain(gatewayArgs(undefined, args));
   }
   const config = readConfig();
   if (config === undefined) return 2;
@@ -74,19 +74,20 @@ export async function launch(args: readonly string[]): Promise<number> {
     return 2;
   }
   // Deno refuses /proc/self/limits without --allow-all, so the gateway learns its fd limit here.
-  const fdLimit = Deno.env.get("GATEWAY_FD_LIMIT")?.trim() || await softFdLimit();
-  return await runMain(gatewayArgs(scope, args), fdLimit ? { GATEWAY_FD_LIMIT: fdLimit } : {});
+  const fdLimit = await softFdLimit();
+  return await runMain(
+    gatewayArgs(scope, [...args, ...(fdLimit ? [`--fd-limit=${fdLimit}`] : [])]),
+  );
 }
 
-/** Runs `deno denoArgs` with `env` added, passing stdio and signals through; its exit code. */
-async function runMain(denoArgs: string[], env: Record<string, string>): Promise<number> {
+/** Runs `deno denoArgs`, passing stdio and signals through; its exit code. */
+async function runMain(denoArgs: string[]): Promise<number> {
   // `deno` from PATH: the launcher's --allow-run names it, while Deno.execPath() may be the
   // target of a symlink that the grant does not cover.
   let child: Deno.ChildProcess;
   try {
     child = new Deno.Command("deno", {
       args: denoArgs,
-      env,
       stdin: "inherit",
       stdout: "inherit",
       stderr: "inherit",

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { NatsServer } from "../helpers/nats_server.ts";
 import { Client, eventually, Publisher, signal } from "../helpers/fixtures.ts";
-import { GatewayProcess } from "../helpers/process.ts";
+import { GatewayProcess, startTaskArgs } from "../helpers/process.ts";
 import { ENV_VARIABLES } from "../../lib/config.ts";
 
 const TOKEN = "s3cret-token-0123456789abcdef";
@@ -110,7 +110,7 @@ Deno.test("main: a quoted token with a trailing comment in the env file lets cli
 
 Deno.test("main: a misspelt GATEWAY_AUTH_TOKEN exits 2 instead of leaving auth off", async (t) => {
   const expected =
-    /is set but no authentication is \(did you mean GATEWAY_AUTH_TOKENS\?\).*its value is not shown/;
+    /GATEWAY_AUTH_TOKEN is not a variable the gateway reads; did you mean GATEWAY_AUTH_TOKENS\?.*values are not shown/;
   await t.step("in the environment (names listed under full permissions)", async () => {
     const { code, output } = await runToExit(
       { GATEWAY_AUTH_TOKEN: TOKEN, ...unreachableNats() },
@@ -141,36 +141,36 @@ Deno.test("main: a misspelt GATEWAY_AUTH_TOKEN exits 2 instead of leaving auth o
   });
 });
 
-Deno.test("main: an unknown GATEWAY_PROT is a warning with the closest name; strict makes it exit 2", async () => {
-  const warned = await runToExit(
+Deno.test("main: an unknown GATEWAY_PROT exits 2 with the closest name; an unknown NATS_* warns", async () => {
+  const refused = await runToExit(
     { GATEWAY_PROT: "9000", ...unreachableNats() },
+    ALL_PERMISSIONS,
+    INVALID,
+  );
+  assert.equal(refused.code, 2, refused.output);
+  assert.match(
+    refused.output,
+    /"level":"error","msg":"unknown variable","name":"GATEWAY_PROT","source":"environment","closest":"GATEWAY_PORT","hint":"GATEWAY_PROT is not a variable the gateway reads; did you mean GATEWAY_PORT\?"/,
+  );
+  assert.doesNotMatch(refused.output, /9000/, "values are never shown");
+
+  const warned = await runToExit(
+    { NATS_URLS: "nats://127.0.0.1:4222", ...unreachableNats() },
     ALL_PERMISSIONS,
     /Cannot connect to NATS/,
   );
   assert.equal(warned.code, 1, "it went on to connect to NATS");
-  assert.match(
-    warned.output,
-    /"level":"warn","msg":"unknown variable","name":"GATEWAY_PROT","source":"environment","closest":"GATEWAY_PORT","hint":"GATEWAY_PROT is not a variable the gateway reads; did you mean GATEWAY_PORT\?"/,
-  );
-  assert.doesNotMatch(warned.output, /9000/, "values are never shown");
-
-  const strict = await runToExit(
-    { GATEWAY_PROT: "9000", GATEWAY_STRICT_CONFIG: "true", ...unreachableNats() },
-    ALL_PERMISSIONS,
-    INVALID,
-  );
-  assert.equal(strict.code, 2, strict.output);
-  assert.match(strict.output, /GATEWAY_STRICT_CONFIG=true and 1 variable\(s\) set are not read/);
+  assert.match(warned.output, /"level":"warn","msg":"unknown variable","name":"NATS_URLS"/);
 });
 
 Deno.test("main: the start task reports the environment's unknown names once", async () => {
   const { code, output } = await runToExit(
-    { GATEWAY_PROT: "9000", ...unreachableNats() },
+    { NATS_URLS: "nats://127.0.0.1:4222", ...unreachableNats() },
     undefined,
     /Cannot connect to NATS/,
   );
   assert.equal(code, 1, output);
-  assert.equal(output.match(/"msg":"unknown variable","name":"GATEWAY_PROT"/g)?.length, 1, output);
+  assert.equal(output.match(/"msg":"unknown variable","name":"NATS_URLS"/g)?.length, 1, output);
 });
 
 Deno.test("main: with scoped --allow-env the environment's names are skipped with a debug line", async () => {
@@ -195,4 +195,105 @@ Deno.test("main: with scoped --allow-env the environment's names are skipped wit
     /"msg":"unknown variable","name":"NATS_URLS","source":"env file [^"]+ line 1"/,
   );
   await Deno.remove(file.dir, { recursive: true });
+});
+
+/** A TCP listener that counts the connections it accepts (a stand-in NATS, a taken port). */
+function countingListener(): { port: number; accepted: () => number } & Disposable {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  let accepted = 0;
+  (async () => {
+    for await (const conn of listener) {
+      accepted++;
+      conn.close();
+    }
+  })().catch(() => {});
+  return {
+    port: listener.addr.port,
+    accepted: () => accepted,
+    [Symbol.dispose]: () => listener.close(),
+  };
+}
+
+/** `deno task start --check-config` with `env`: exit code, stdout lines, whole output. */
+async function checkConfig(env: Record<string, string>) {
+  await using gateway = await GatewayProcess.spawn(env, [
+    ...await startTaskArgs(),
+    "--check-config",
+  ]);
+  const { code } = await gateway.status;
+  return { code, stdout: gateway.lines, output: gateway.output };
+}
+
+Deno.test("--check-config: a valid configuration prints its effective settings as one JSON object, secrets redacted, contacting nothing", async () => {
+  using nats = countingListener();
+  using taken = countingListener();
+  const keys = await writeEnvFile("");
+  const { publicKey } = await crypto.subtle.generateKey("Ed25519", true, [
+    "sign",
+    "verify",
+  ]) as CryptoKeyPair;
+  const spki = btoa(String.fromCharCode(
+    ...new Uint8Array(await crypto.subtle.exportKey("spki", publicKey as CryptoKey)),
+  ));
+  const pem = `${keys.dir}/public.pem`;
+  await Deno.writeTextFile(pem, `-----BEGIN PUBLIC KEY-----\n${spki}\n-----END PUBLIC KEY-----\n`);
+  const started = performance.now();
+  const { code, stdout, output } = await checkConfig({
+    NATS_URL: `nats://gw:pa55word-secret@127.0.0.1:${nats.port}`,
+    GATEWAY_PORT: String(taken.port),
+    GATEWAY_AUTH_TOKENS: TOKEN,
+    GATEWAY_JWT_PUBLIC_KEY: pem,
+    GATEWAY_ROUTES: "/ws/stream=levels.signals@LEVEL_SIGNALS,/ws/levels/{s}=levels.{s}.signals",
+  });
+  const elapsedMs = performance.now() - started;
+  await Deno.remove(keys.dir, { recursive: true });
+  assert.equal(code, 0, output);
+  assert.equal(stdout.length, 1, output);
+  const settings = JSON.parse(stdout[0]);
+  assert.deepEqual(Object.keys(settings), [...ENV_VARIABLES]);
+  assert.equal(settings.NATS_URL, `nats://gw:[REDACTED]@127.0.0.1:${nats.port}`);
+  assert.equal(settings.GATEWAY_AUTH_TOKENS, "[REDACTED]");
+  assert.equal(settings.GATEWAY_PORT, taken.port);
+  assert.equal(settings.GATEWAY_JWT_PUBLIC_KEY, pem);
+  assert.ok(!output.includes(TOKEN) && !output.includes("pa55word-secret"), output);
+  assert.equal(nats.accepted(), 0, "NATS was contacted");
+  // A start would have failed on the taken port; nothing tried to bind or connect to it.
+  assert.equal(taken.accepted(), 0);
+  console.log(`deno task start --check-config took ${Math.round(elapsedMs)} ms`);
+});
+
+Deno.test("--check-config: a bad value, an unknown or removed name, a missing key file: exit 2 saying why", async () => {
+  using nats = countingListener();
+  const base = { NATS_URL: `nats://127.0.0.1:${nats.port}` };
+  const cases: [Record<string, string>, RegExp][] = [
+    [
+      { GATEWAY_PORT: "eighty" },
+      /Cannot parse GATEWAY_PORT as an integer: current value is \\"eighty\\"/,
+    ],
+    [
+      { GATEWAY_PROT: "9000" },
+      /GATEWAY_PROT is not a variable the gateway reads; did you mean GATEWAY_PORT\?/,
+    ],
+    [{ LOG_LEVEL: "debug" }, /LOG_LEVEL \(environment\) is no longer read: use GATEWAY_LOG_LEVEL/],
+    [
+      { GATEWAY_SUBJECT: "a.b" },
+      /GATEWAY_SUBJECT \(environment\) is no longer read: use GATEWAY_ROUTES=/,
+    ],
+    [
+      { GATEWAY_CLIENT_MAX_QUEUED_SNAPSHOTS: "8" },
+      /GATEWAY_CLIENT_MAX_QUEUED_SNAPSHOTS .* no longer read/,
+    ],
+    [
+      { GATEWAY_JWT_JWKS: "/nonexistent/jwks.json" },
+      /GATEWAY_JWT_JWKS names \/nonexistent\/jwks\.json, which this process may not read|GATEWAY_JWT_JWKS names a file that cannot be used/,
+    ],
+    [{ GATEWAY_ROUTES: "/ws/a=a.*" }, /GATEWAY_ROUTES entry 1/],
+  ];
+  for (const [env, message] of cases) {
+    const { code, stdout, output } = await checkConfig({ ...base, ...env });
+    assert.equal(code, 2, `${JSON.stringify(env)}: ${output}`);
+    assert.deepEqual(stdout, [], "nothing on stdout");
+    assert.match(output, message);
+  }
+  assert.equal(nats.accepted(), 0, "NATS was contacted");
 });

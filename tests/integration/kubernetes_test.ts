@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { type Config, ENV_VARIABLES, parseConfig } from "../../lib/config.ts";
 import { NatsServer } from "../helpers/nats_server.ts";
-import { GatewayProcess } from "../helpers/process.ts";
+import { GatewayProcess, startTaskArgs } from "../helpers/process.ts";
 import { Client, eventually } from "../helpers/fixtures.ts";
 import {
   type Container,
@@ -25,12 +25,21 @@ const container = gatewayContainer(deployment);
 const environment = containerEnvironment(manifests, container);
 
 /**
- * What the gateway makes of an environment. Today its own parser (what main.ts runs first);
- * once `gateway --check-config` exists, run that instead (GatewayProcess.spawn with the flag,
- * exit 0 expected) so the check also covers what only main.ts does.
+ * What the gateway makes of an environment: `deno task start --check-config` run with it (exit 0
+ * expected), read back as a Config from the effective settings it prints.
  */
-function gatewayConfig(env: Record<string, string>): Config {
-  return parseConfig(env);
+async function gatewayConfig(env: Record<string, string>): Promise<Config> {
+  await using check = await GatewayProcess.spawn(env, [...await startTaskArgs(), "--check-config"]);
+  assert.equal((await check.status).code, 0, check.output);
+  const settings: Record<string, unknown> = JSON.parse(check.lines.join("\n"));
+  // Secrets are shown redacted: those keep the values given.
+  const shown = Object.entries(settings).filter(([, value]) =>
+    !String(value).includes("[REDACTED]")
+  );
+  return parseConfig({
+    ...env,
+    ...Object.fromEntries(shown.map(([name, value]) => [name, String(value)])),
+  });
 }
 
 /** The ConfigMap's and Secret's environment with the network parts made local to this test. */
@@ -40,8 +49,7 @@ function localEnvironment(natsUrl: string): Record<string, string> {
     NATS_URL: natsUrl,
     GATEWAY_HOST: "127.0.0.1",
     GATEWAY_PORT: "0",
-    GATEWAY_ADMIN_HOST: "127.0.0.1",
-    GATEWAY_ADMIN_PORT: "0",
+    GATEWAY_ADMIN_PORT: "127.0.0.1:0",
   };
 }
 
@@ -73,8 +81,8 @@ Deno.test("kubernetes: every variable the manifests set is one the gateway reads
   assert.ok("NATS_PASSWORD" in (only(manifests, "Secret").stringData ?? {}));
 });
 
-Deno.test("kubernetes: the manifests' environment is accepted; ports and timing agree with it", () => {
-  const config = gatewayConfig(environment.values);
+Deno.test("kubernetes: the manifests' environment is accepted; ports and timing agree with it", async () => {
+  const config = await gatewayConfig(environment.values);
   assert.equal(resolvePort(container, "http"), config.port);
   assert.equal(resolvePort(container, "admin"), config.adminPort);
   const preStopSeconds = container.lifecycle?.preStop?.sleep?.seconds ?? 0;
@@ -132,7 +140,7 @@ Deno.test("kubernetes: the probes answer on a gateway run with the manifests' en
   const readiness = probePath(container.readinessProbe, "readinessProbe");
   assert.equal(liveness.path, "/livez");
   assert.equal(readiness.path, "/readyz");
-  const config = gatewayConfig(environment.values);
+  const config = await gatewayConfig(environment.values);
   assert.equal(liveness.port, config.adminPort);
   assert.equal(readiness.port, config.adminPort);
 

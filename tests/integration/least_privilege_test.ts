@@ -270,7 +270,10 @@ Deno.test("GATEWAY_CREATE_STREAMS=false: a stream that does not capture the subj
     await jsm.streams.add({ name: "LEVEL_SIGNALS", subjects: ["levels.*"] });
     await assert.rejects(
       startGateway(
-        testConfig(nats.url, { GATEWAY_CREATE_STREAMS: "false", GATEWAY_SUBJECT: "other.signals" }),
+        testConfig(nats.url, {
+          GATEWAY_CREATE_STREAMS: "false",
+          GATEWAY_ROUTES: "/ws/stream=other.signals@LEVEL_SIGNALS",
+        }),
         { logger: recordingLogger() },
       ),
       /Stream LEVEL_SIGNALS \(route \/ws\/stream\) does not capture other\.signals \(its subjects: levels\.\*\): name the stream that holds it in GATEWAY_ROUTES/,

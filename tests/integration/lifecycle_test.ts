@@ -66,7 +66,7 @@ Deno.test("main: an env file fills unset variables, the environment wins", async
   const envFile = `${dir}/gateway.env`;
   await Deno.writeTextFile(
     envFile,
-    `NATS_URL=${nats.url}\nGATEWAY_SUBJECT=levels.other\nGATEWAY_HOST=0.0.0.0\n`,
+    `NATS_URL=${nats.url}\nGATEWAY_ROUTES=/ws/stream=levels.other@LEVEL_SIGNALS\nGATEWAY_HOST=0.0.0.0\n`,
   );
   // The start task derives its read scope from GATEWAY_ENV_FILE, wherever the file is.
   await using gateway = await GatewayProcess.spawn({ GATEWAY_ENV_FILE: envFile });

@@ -4,6 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { ConfigError, ENV_VARIABLES, parseConfig } from "../../lib/config.ts";
+import { REMOVED_VARIABLES } from "../../lib/settings.ts";
 import {
   buildScope,
   checkPermissions,
@@ -74,7 +75,8 @@ Deno.test("launchScope: exactly the configured hosts, listen address and files",
     "certs/client.pem",
     "certs/client.key",
   ]);
-  assert.deepEqual(flagValue(flags, "env"), [...ENV_VARIABLES]);
+  // The removed names too, so that one still set is refused with its replacement.
+  assert.deepEqual(flagValue(flags, "env"), [...ENV_VARIABLES, ...Object.keys(REMOVED_VARIABLES)]);
   const joined = flags.join(" ");
   for (const secret of ["s3cret-pass", "tok3n", "gw@"]) assert.ok(!joined.includes(secret), secret);
 });
@@ -117,7 +119,7 @@ Deno.test("compile: the binary scope, widened only by the build-time lists", asy
     "[::]",
   ]);
   assert.deepEqual(flagValue(plain, "read"), [".env", "/etc/gateway", "lib"]);
-  assert.deepEqual(flagValue(plain, "env"), [...ENV_VARIABLES]);
+  assert.deepEqual(flagValue(plain, "env"), [...ENV_VARIABLES, ...Object.keys(REMOVED_VARIABLES)]);
   assert.ok(plain.includes("--unstable-net"), "SO_REUSEPORT for GATEWAY_WORKERS");
   assert.ok(plain.includes("--exclude-unused-npm"), "no test-only npm packages in the binary");
   assert.equal(plain[plain.indexOf("--include") + 1], "lib/worker.ts");
@@ -199,7 +201,7 @@ Deno.test("checkPermissions: under deno run, the refusal points at deno task sta
   );
 });
 
-Deno.test("deno run main.ts with narrower flags: exit 1, the start path's advice, JSON only", async () => {
+Deno.test("deno run main.ts with narrower flags: exit 2 (a configuration error), the start path's advice, JSON only", async () => {
   const args = [
     "run",
     "--quiet",
@@ -210,7 +212,7 @@ Deno.test("deno run main.ts with narrower flags: exit 1, the start path's advice
     "main.ts",
   ];
   await using gateway = await GatewayProcess.spawn({ NATS_URL: "nats://127.0.0.2:4222" }, args);
-  assert.equal((await gateway.status).code, 1);
+  assert.equal((await gateway.status).code, 2);
   assert.match(gateway.output, /NATS_URL names 127\.0\.0\.2:4222, which this process may not/);
   assert.match(gateway.output, /deno task start/);
   assert.doesNotMatch(gateway.output, /^\s+at /m, "no stack trace");

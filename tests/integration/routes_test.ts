@@ -196,7 +196,7 @@ Deno.test("a templated route holds at most GATEWAY_ROUTE_MAX_VALUES values", asy
 Deno.test("GATEWAY_ADMIN_PORT: health and metrics there only; routes and /livez public", async () => {
   await using nats = await NatsServer.start();
   await using gateway = await startGateway(
-    testConfig(nats.url, { GATEWAY_ADMIN_PORT: "0", GATEWAY_ADMIN_HOST: "127.0.0.1" }),
+    testConfig(nats.url, { GATEWAY_ADMIN_PORT: "127.0.0.1:0" }),
     { logger: recordingLogger() },
   );
   const admin = gateway.adminAddr!;

@@ -10,12 +10,14 @@ import {
   pathMatches,
   type PublicJwk,
   readJwksFile,
+  readJwtKeys,
   readPublicKeyFile,
   routesCover,
   selectProtocol,
 } from "../../lib/auth.ts";
 import { Broadcaster } from "../../lib/broadcaster.ts";
 import { ConfigError, parseConfig } from "../../lib/config.ts";
+import { checkConfigFiles } from "../../lib/config_files.ts";
 import { GatewayMetrics } from "../../lib/metrics.ts";
 import { createHandler, type HealthReport, type Upgrade } from "../../lib/server.ts";
 import { Sessions } from "../../lib/session.ts";
@@ -302,7 +304,8 @@ Deno.test("auth: key files: PEM and JWKS read; private keys, secrets and junk re
     "empty.json": JSON.stringify({ keys: [] }),
   });
   assert.equal(readPublicKeyFile(files.path("public.pem")).kty, "RSA");
-  const env = (name: string, file: string) => parseConfig({ [name]: files.path(file) });
+  const env = (name: string, file: string) =>
+    checkConfigFiles(parseConfig({ [name]: files.path(file) }));
   const cases: [string, string, RegExp][] = [
     ["GATEWAY_JWT_PUBLIC_KEY", "private.pem", /must name a public key.*holds a private key/],
     ["GATEWAY_JWT_PUBLIC_KEY", "junk.pem", /must name a PEM public key/],
@@ -332,12 +335,12 @@ Deno.test("auth: key files: PEM and JWKS read; private keys, secrets and junk re
     GATEWAY_JWT_CLOCK_SKEW_S: "5",
     GATEWAY_AUTH_REJECT: "http",
   });
-  assert.equal(config.jwtKeys.length, 1);
+  assert.equal(readJwtKeys(config).length, 1);
   assert.equal(config.jwtClockSkewSeconds, 5);
   assert.equal(config.authReject, "http");
   assert.throws(
     () => parseConfig({ GATEWAY_AUTH_REJECT: "403" }),
-    /GATEWAY_AUTH_REJECT must be close or http/,
+    /GATEWAY_AUTH_REJECT must be one of close, http/,
   );
 });
 

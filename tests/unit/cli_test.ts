@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { helpText, parseArgs, VARIABLE_HELP, versionText } from "../../lib/cli.ts";
-import { type Config, ENV_VARIABLES, parseConfig } from "../../lib/config.ts";
+import { ENV_VARIABLES, SETTINGS } from "../../lib/settings.ts";
 import { VERSION } from "../../lib/version.ts";
 
 Deno.test("parseArgs: each flag, --help before everything, unknown and conflicting ones refused", () => {
@@ -11,6 +11,12 @@ Deno.test("parseArgs: each flag, --help before everything, unknown and conflicti
   assert.equal(kind("--version"), "version");
   assert.equal(kind("--health-check"), "health-check");
   assert.equal(kind("--live-check"), "live-check");
+  assert.equal(kind("--check-config"), "check-config");
+  assert.equal(kind("--check-config", "--fd-limit=1024"), "check-config");
+  assert.equal(kind("--check-config", "--live-check"), "invalid");
+  assert.deepEqual(parseArgs([]), { kind: "run", fdLimit: 0 });
+  assert.deepEqual(parseArgs(["--fd-limit=1024"]), { kind: "run", fdLimit: 1024 });
+  assert.equal(kind("--fd-limit=x"), "invalid");
   assert.equal(kind("--live-check", "--help"), "help");
   assert.equal(kind("--bogus", "--version"), "version");
   assert.equal(kind("--health-check", "--live-check"), "invalid");
@@ -22,7 +28,7 @@ Deno.test("parseArgs: each flag, --help before everything, unknown and conflicti
 
 Deno.test("helpText: usage, every flag, the exit codes, and every variable once", () => {
   const text = helpText();
-  for (const flag of ["--help", "--version", "--health-check", "--live-check"]) {
+  for (const flag of ["--help", "--version", "--check-config", "--health-check", "--live-check"]) {
     assert.match(text, new RegExp(`^  ${flag}`, "m"), flag);
   }
   for (const code of ["0", "1", "2"]) assert.match(text, new RegExp(`^  ${code}  \\S`, "m"));
@@ -34,24 +40,15 @@ Deno.test("helpText: usage, every flag, the exit codes, and every variable once"
   for (const name of Object.keys(VARIABLE_HELP)) assert.ok(listed.has(name), `${name} is not read`);
 });
 
-/**
- * lib/config.ts names each variable at the start of its Config field's doc comment; the default
- * the help shows must be what parseConfig gives for an empty environment.
- */
-Deno.test("helpText: each default shown is parseConfig's for an empty environment", async () => {
-  const source = await Deno.readTextFile(new URL("../../lib/config.ts", import.meta.url));
-  const defaults = parseConfig({}, 1) as unknown as Record<string, unknown>;
-  const fields = /export interface Config \{([\s\S]*?)\n\}/.exec(source)?.[1] ?? "";
-  let checked = 0;
-  for (const [, comment, field] of fields.matchAll(/\/\*\*([\s\S]*?)\*\/\s*readonly (\w+)/g)) {
-    const name = /^[\s*]*([A-Z][A-Z0-9_]+)/.exec(comment)?.[1];
-    if (!name || !(name in VARIABLE_HELP) || !(field in defaults)) continue;
-    const value = defaults[field as keyof Config];
-    if (Array.isArray(value) || typeof value === "object") continue;
-    assert.equal(VARIABLE_HELP[name][0], String(value), `${name} (Config.${field})`);
-    checked++;
+Deno.test("helpText: basic variables first, then tuning, each with the table's default", () => {
+  const text = helpText();
+  const tuning = text.indexOf("\nTuning:\n");
+  for (const name of ENV_VARIABLES) {
+    const at = text.search(new RegExp(`^  ${name} `, "m"));
+    assert.equal(at < tuning, SETTINGS[name].level === "basic", name);
+    const fallback = SETTINGS[name].default;
+    if (fallback !== "") assert.ok(text.includes(`(default ${fallback})`), name);
   }
-  assert.ok(checked >= 25, `only ${checked} defaults checked`);
 });
 
 Deno.test("versionText: lib/version.ts's version, which deno.json states too", async () => {
