@@ -186,7 +186,7 @@ Deno.test("compose: the gateway's healthcheck probes liveness, the same command 
   assert.deepEqual(command.slice(1), ["--live-check"]);
 });
 
-Deno.test("compose: port, NATS address and fd limit agree with the gateway's configuration", async () => {
+Deno.test("compose: port, NATS address and connection cap agree with the gateway's configuration", async () => {
   const { services } = await readCompose();
   const { nats, gateway, proxy } = services;
   const config = parseConfig({ ...await dockerfileEnv(), ...gateway.environment });
@@ -202,11 +202,15 @@ Deno.test("compose: port, NATS address and fd limit agree with the gateway's con
     assert.equal(port, "4222");
     assert.ok(!nats.command?.some((arg) => ["-p", "--port"].includes(arg)));
   }
-  assert.equal(config.fdLimit, gateway.ulimits?.nofile.soft);
+  // The binary cannot read its fd limit: the connection cap stays below it, with room to spare.
+  assert.ok(config.maxConnections > 0 && config.maxConnections < gateway.ulimits!.nofile.soft);
 
   // The proxy's rewrite of deploy/nginx.conf, run here: each expression changes its one line.
   const script = (proxy.command ?? []).join(" ").replaceAll("$$", "$");
-  const expressions = [...script.matchAll(/-e '([^']+)'/g)].map((m) => m[1]);
+  const all = [...script.matchAll(/-e '([^']+)'/g)].map((m) => m[1]);
+  // The TLS server is left out (tested below); the others rewrite one line each.
+  const expressions = all.filter((e) => e !== "/# tls: begin/,/# tls: end/d");
+  assert.equal(all.length, 3, script);
   assert.equal(expressions.length, 2, script);
   const shipped = await Deno.readTextFile(`${deployDir}nginx.conf`);
   const { stdout, success } = await new Deno.Command("sed", {
@@ -224,4 +228,34 @@ Deno.test("compose: port, NATS address and fd limit agree with the gateway's con
   );
   assert.match(changed.join("\n"), /^\s*access_log \/dev\/stdout gateway; # deploy: access_log/m);
   assert.ok("gateway" in services);
+});
+
+Deno.test("compose: starts on a fresh clone: every mounted path is in the repository, TLS opt-in", async () => {
+  const base = await readCompose();
+  const tls = parseYaml(
+    await Deno.readTextFile(`${deployDir}docker-compose.tls.yml`),
+  ) as ComposeFile;
+  for (const [name, service] of Object.entries(base.services)) {
+    for (const volume of service.volumes ?? []) {
+      const source = volume.split(":")[0];
+      if (!source.startsWith(".") && !source.startsWith("/")) continue; // a named volume
+      const stat = await Deno.stat(resolveFromDeploy(source)).catch(() => undefined);
+      assert.ok(stat, `${name} mounts ${source}, which a fresh clone lacks`);
+    }
+  }
+  assert.ok(!(base.services.proxy.ports ?? []).some((p) => p.endsWith(":443")));
+  assert.ok(tls.services.proxy.ports?.includes("443:443"));
+  assert.ok(tls.services.proxy.volumes?.some((v) => v.startsWith("./certs:")));
+  // What the base file serves: deploy/nginx.conf without its TLS server, and nothing else gone.
+  const { stdout } = await new Deno.Command("sed", {
+    args: ["-E", "-e", "/# tls: begin/,/# tls: end/d", `${deployDir}nginx.conf`],
+  }).output();
+  const rendered = new TextDecoder().decode(stdout);
+  assert.doesNotMatch(rendered, /ssl_certificate|listen 443/);
+  assert.match(rendered, /listen 80 /);
+  assert.match(rendered, /# deploy: admin listen/);
+  // The override keeps the base file's rewrites, less the TLS deletion.
+  const baseScript = (base.services.proxy.command ?? []).join(" ");
+  const tlsScript = (tls.services.proxy.command ?? []).join(" ");
+  assert.equal(tlsScript, baseScript.replace(" -e '/# tls: begin/,/# tls: end/d'", ""));
 });
