@@ -451,10 +451,15 @@ export const SETTINGS = {
   }),
 
   // Clients: how far behind a client may fall (freshness) and how idle ones are found.
+  // 1 s: one TCP retransmission (Linux's minimum RTO is 200 ms) or a browser tab's hiccup must
+  // not cost a client a snapshot, and a queue a second old is four snapshots at the 250 ms
+  // cadence. Overload is not this bound's job: a route behind its stream sheds at the source
+  // (lib/route.ts MAX_BEHIND_MS). 100 ms lost readers' snapshots whenever a loaded machine
+  // stalled them (tests/load/isolation_test.ts in a parallel suite).
   GATEWAY_CLIENT_MAX_QUEUE_MS: setting({
     group: "Clients",
     level: "tuning",
-    default: "100",
+    default: "1000",
     help:
       "freshness: a client whose oldest unsent snapshot waited longer gets only the newest; 0: off",
     parse: integer(0, 60_000),

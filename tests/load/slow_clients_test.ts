@@ -38,7 +38,7 @@ Deno.test("stalled clients are bounded, conflated and closed; normal clients get
     GATEWAY_CLIENT_BUFFER_BYTES: String(CLIENT_BUFFER_BYTES),
     // The byte bound alone (this test is about it): no age bound, which a stall of the test's
     // own isolate (where the normal clients read) could trip for a normal client
-    // (tests/unit/broadcaster_queue_age_test.ts and tests/integration/isolation_test.ts cover it).
+    // (tests/unit/broadcaster_queue_age_test.ts and tests/load/isolation_test.ts cover it).
     GATEWAY_CLIENT_MAX_QUEUE_MS: "0",
   });
   const addr = await gateway.listening;
