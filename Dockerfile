@@ -7,8 +7,8 @@ COPY deno.json deno.lock ./
 COPY main.ts ./
 COPY lib/ lib/
 COPY scripts/ scripts/
-RUN deno install --frozen --entrypoint main.ts lib/worker.ts
-# Hosts this image's binary may reach besides localhost (build-time scope, lib/permissions.ts).
+RUN deno install --frozen --entrypoint main.ts lib/cluster/worker.ts
+# Hosts this image's binary may reach besides localhost (build-time scope, lib/config/permissions.ts).
 ARG GATEWAY_NATS_HOSTS=nats
 RUN GATEWAY_NATS_HOSTS="${GATEWAY_NATS_HOSTS}" GATEWAY_COMPILE_OUTPUT=/src/dist/gateway deno task compile
 

@@ -1,22 +1,23 @@
 /**
- * Entry point: read the flags (lib/cli.ts), then config from the environment (and an optional
+ * Entry point: read the flags (lib/config/cli.ts), then config from the environment (and an optional
  * env file), start the gateway, stop it gracefully on SIGINT, SIGTERM or SIGHUP. Exit codes: 0
  * after a graceful stop, 1 when the gateway cannot start or cannot go on, 2 for bad configuration.
  */
-import { type CliMode, helpText, parseArgs, versionText } from "./lib/cli.ts";
-import { checkConfigFiles } from "./lib/config_files.ts";
-import { type Config, ConfigError, describeConfig, parseConfig } from "./lib/config.ts";
+import { type CliMode, helpText, parseArgs, versionText } from "./lib/config/cli.ts";
+import { checkConfigFiles } from "./lib/config/config_files.ts";
+import { type Config, describeConfig, parseConfig } from "./lib/config/config.ts";
+import { ConfigError } from "./lib/config/config_error.ts";
 import {
   describeUnknown,
   isFatal,
   type LoadedEnvironment,
   loadEnvironment,
   refuseUnknown,
-} from "./lib/env_file.ts";
-import { checkPermissions, PermissionScopeError } from "./lib/permissions.ts";
-import { startCluster } from "./lib/cluster.ts";
+} from "./lib/config/env_file.ts";
+import { checkPermissions, PermissionScopeError } from "./lib/config/permissions.ts";
+import { startCluster } from "./lib/cluster/supervisor.ts";
 import { type RunningGateway, startGateway } from "./lib/gateway.ts";
-import { createLogger, type Logger } from "./lib/log.ts";
+import { createLogger, type Logger } from "./lib/observe/log.ts";
 
 /**
  * SIGHUP stops the gateway like SIGTERM: the config is frozen at startup, so a "reload" is a

@@ -2,9 +2,9 @@
  * CPU cost of /health and /metrics with GATEWAY_WORKERS=N, against the real main.ts process.
  * Usage: deno run -A bench/health_cost.ts [workers=2] [requests=2000] [--flood]
  */
-import { NatsServer } from "../tests/helpers/nats_server.ts";
+import { NatsServer } from "../tools/nats_server.ts";
 import { Publisher, signal } from "../tests/helpers/fixtures.ts";
-import { GatewayProcess } from "../tests/helpers/process.ts";
+import { GatewayProcess } from "../tools/gateway_process.ts";
 
 const workers = Deno.args[0] ?? "2";
 const requests = Number(Deno.args[1] ?? 2000);

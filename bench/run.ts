@@ -8,9 +8,9 @@
 import { connect } from "../lib/nats/transport.ts";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { ensureStreams } from "../lib/nats/streams.ts";
-import { createLogger } from "../lib/log.ts";
-import { NatsServer } from "../tests/helpers/nats_server.ts";
-import { levelsSignal } from "../tests/helpers/signals.ts";
+import { createLogger } from "../lib/observe/log.ts";
+import { NatsServer } from "../tools/nats_server.ts";
+import { levelsSignal } from "../tools/signals.ts";
 
 const env = Deno.env.toObject();
 const quick = env.BENCH_QUICK === "1";

@@ -5,9 +5,9 @@
  * own per-connection work on the connect → first snapshot path (Deno's upgrade not included).
  * Run: `deno run --allow-env --allow-read bench/session_cost.ts`.
  */
-import { Broadcaster } from "../lib/broadcaster.ts";
-import { GatewayMetrics } from "../lib/metrics.ts";
-import { Sessions, startSession } from "../lib/session.ts";
+import { Broadcaster } from "../lib/relay/broadcaster.ts";
+import { GatewayMetrics } from "../lib/observe/metrics.ts";
+import { Sessions, startSession } from "../lib/http/session.ts";
 import { FakeSocket } from "../tests/helpers/fake_socket.ts";
 
 const N = 5000;

@@ -1,13 +1,13 @@
 /**
  * The composition root: one NATS connection, one HTTP server (two with an admin port) and one
- * `Route` per configured route (lib/route.ts), each with its own consumer, caches and clients.
+ * `Route` per configured route (lib/relay/route.ts), each with its own consumer, caches and clients.
  */
 import type { NatsConnection } from "@nats-io/nats-core";
 import { jetstreamManager } from "@nats-io/jetstream";
-import { Authenticator } from "./auth.ts";
-import { CloseCode } from "./broadcaster.ts";
-import type { Config } from "./config.ts";
-import { DeadLetters } from "./dead_letters.ts";
+import { Authenticator } from "./auth/auth.ts";
+import { CloseCode } from "./relay/broadcaster.ts";
+import type { Config } from "./config/config.ts";
+import { DeadLetters } from "./nats/dead_letters.ts";
 import {
   connectionCap,
   effectiveBacklog,
@@ -15,23 +15,23 @@ import {
   readFdLimit,
   type ResilientServer,
   serveResilient,
-} from "./fd_limit.ts";
-import type { HealthReport, InstanceReport, LocalState, ProcessView } from "./health.ts";
-import { createLogger, type Logger } from "./log.ts";
-import { LoopLag } from "./loop_lag.ts";
-import { GatewayMetrics } from "./metrics.ts";
+} from "./http/listener.ts";
+import type { HealthReport, InstanceReport, LocalState, ProcessView } from "./observe/health.ts";
+import { createLogger, type Logger } from "./observe/log.ts";
+import { LoopLag } from "./relay/loop_lag.ts";
+import { GatewayMetrics } from "./observe/metrics.ts";
 import { connectNats } from "./nats/connection.ts";
 import { NatsUnavailableError } from "./nats/errors.ts";
 import { findStream, platformStreamFor, setUpStreams, StreamSetupError } from "./nats/streams.ts";
-import { checkPermissions } from "./permissions.ts";
-import { redactUrl } from "./redact.ts";
-import { Route } from "./route.ts";
-import { type RouteSpec, RouteTable } from "./routes.ts";
-import { createHandler, type HandlerDeps } from "./server.ts";
-import { Sessions } from "./session.ts";
+import { checkPermissions } from "./config/permissions.ts";
+import { redactUrl } from "./config/redact.ts";
+import { Route } from "./relay/route.ts";
+import { type RouteSpec, RouteTable } from "./relay/route_table.ts";
+import { createHandler, type HandlerDeps } from "./http/router.ts";
+import { Sessions } from "./http/session.ts";
 import { delay, errorMessage } from "./util.ts";
 import { VERSION } from "./version.ts";
-import { viewerHtml } from "./viewer_page.ts";
+import { viewerHtml } from "./http/viewer_page.ts";
 
 /**
  * How often each route compares its stream's newest sequence with the last one received: lag,
@@ -48,7 +48,7 @@ const LAG_POLL_MS = 1_000;
 const CLIENT_MAX_FRAME_BYTES = 4096;
 const CLIENT_MAX_FRAMES_PER_S = 20;
 
-/** A running gateway as main.ts sees it: one isolate, or several (lib/cluster.ts). */
+/** A running gateway as main.ts sees it: one isolate, or several (lib/cluster/supervisor.ts). */
 export interface RunningGateway extends AsyncDisposable {
   /** Where the HTTP/WebSocket server listens. */
   readonly addr: Deno.NetAddr;
@@ -60,8 +60,6 @@ export interface RunningGateway extends AsyncDisposable {
   shutdown(): Promise<void>;
 }
 
-export type { InstanceReport } from "./health.ts";
-
 export interface Gateway extends RunningGateway {
   readonly metrics: GatewayMetrics;
   readonly routes: readonly Route[];
@@ -72,17 +70,16 @@ export interface GatewayOptions {
   readonly logger?: Logger;
   /** How often consumer lag is measured (and a stalled consumer detected). Default 1 s. */
   readonly lagPollMs?: number;
-  /** Share the ports with other isolates (SO_REUSEPORT); set by lib/cluster.ts. */
+  /** Share the ports with other isolates (SO_REUSEPORT); set by lib/cluster/supervisor.ts. */
   readonly reusePort?: boolean;
   /**
-   * Set by lib/worker.ts: /health and /metrics for the whole process whichever worker answers,
-   * from state the workers publish (lib/health.ts), given this isolate's live state.
+   * Set by lib/cluster/worker.ts: /health and /metrics for the whole process whichever worker answers,
+   * from state the workers publish (lib/observe/health.ts), given this isolate's live state.
    */
   readonly processView?: (local: LocalState) => ProcessView;
 }
 
 /** Raised when the configuration names what this process may not reach, bind or read. */
-export { PermissionScopeError } from "./permissions.ts";
 
 /** Starts the gateway; rejects (NATS unreachable, permission refused, port taken) before serving. */
 export async function startGateway(
@@ -360,7 +357,7 @@ export class AddressInUseError extends Error {
   }
 }
 
-/** One listener that survives EMFILE in Deno's accept loop (lib/fd_limit.ts). */
+/** One listener that survives EMFILE in Deno's accept loop (lib/http/listener.ts). */
 function serveHttp(
   hostname: string,
   port: number,

@@ -1,14 +1,14 @@
 /**
  * Builds the browser client served at `/client.js`: client/gateway_client.ts → one ES module
- * with the types stripped (Deno's own bundler, no npm package) → lib/client_bundle.ts as the
+ * with the types stripped (Deno's own bundler, no npm package) → lib/http/client_bundle.ts as the
  * string `CLIENT_JS`, so `deno compile` embeds it and the gateway needs no read permission.
  *
- *   deno task build:client            writes lib/client_bundle.ts
+ *   deno task build:client            writes lib/http/client_bundle.ts
  *   … scripts/build_client.ts --print prints what it would write (tests compare it)
  */
 
 const SOURCE = new URL("../client/gateway_client.ts", import.meta.url);
-const TARGET = new URL("../lib/client_bundle.ts", import.meta.url);
+const TARGET = new URL("../lib/http/client_bundle.ts", import.meta.url);
 
 /** The client as plain JavaScript: readable (not minified), importing nothing. */
 export async function buildClientJs(): Promise<string> {
@@ -29,7 +29,7 @@ export async function buildClientJs(): Promise<string> {
   return `// gateway client, built from client/gateway_client.ts (TypeScript, documented)\n${js}`;
 }
 
-/** lib/client_bundle.ts's text: the JS as a template literal, so the file stays readable. */
+/** lib/http/client_bundle.ts's text: the JS as a template literal, so the file stays readable. */
 export function clientBundleModule(js: string): string {
   const literal = js.replaceAll("\\", "\\\\").replaceAll("`", "\\`").replaceAll("${", "\\${");
   return [

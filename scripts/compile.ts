@@ -1,11 +1,11 @@
 /**
  * `deno task compile`: builds dist/gateway with `deno compile`, with the binary permission scope of
- * lib/permissions.ts (buildScope), widened by GATEWAY_NATS_HOSTS / GATEWAY_LISTEN_HOSTS /
+ * lib/config/permissions.ts (buildScope), widened by GATEWAY_NATS_HOSTS / GATEWAY_LISTEN_HOSTS /
  * GATEWAY_READ_PATHS when given. Deno downloads its runtime base binary (denort) on first use;
  * where that cannot be downloaded, point DENORT_BIN at a local copy. GATEWAY_COMPILE_TARGET
  * cross-compiles.
  */
-import { buildScope, permissionFlags } from "../lib/permissions.ts";
+import { buildScope, permissionFlags } from "../lib/config/permissions.ts";
 import { parseHostList, parsePathList, readUnstableFlags } from "./permissions.ts";
 
 export async function compileArgs(env: Record<string, string | undefined>): Promise<string[]> {
@@ -25,7 +25,7 @@ export async function compileArgs(env: Record<string, string | undefined>): Prom
     ...(await readUnstableFlags()),
     // Loaded with `new Worker` when GATEWAY_WORKERS > 1, so not found by static analysis.
     "--include",
-    "lib/worker.ts",
+    "lib/cluster/worker.ts",
     ...target,
     "--output",
     output,

@@ -11,10 +11,10 @@
  * SIGINT (Ctrl-C) or SIGTERM stops the publisher, then the gateway, then nats-server, removes the
  * temporary store, and exits 0. If the gateway exits by itself, so does the demo, with its code.
  */
-import { redactUrl } from "../lib/redact.ts";
+import { redactUrl } from "../lib/config/redact.ts";
 import { errorMessage } from "../lib/util.ts";
-import { NatsServer } from "../tests/helpers/nats_server.ts";
-import { LISTENING_LINE, startTaskArgs } from "../tests/helpers/process.ts";
+import { NatsServer } from "../tools/nats_server.ts";
+import { LISTENING_LINE, startTaskArgs } from "../tools/gateway_process.ts";
 import { type RunningPublisher, startPublisher } from "./publisher.ts";
 
 /** How long the gateway may take to drain its clients before it is killed. */

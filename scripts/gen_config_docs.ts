@@ -1,5 +1,5 @@
 /**
- * Writes docs/configuration.md from lib/settings.ts: `deno task docs:config`. The committed page
+ * Writes docs/configuration.md from lib/config/settings.ts: `deno task docs:config`. The committed page
  * must equal what this renders (tests/unit/config_test.ts), so the table is never edited by hand.
  */
 import {
@@ -8,7 +8,7 @@ import {
   type Setting,
   type SettingName,
   SETTINGS,
-} from "../lib/settings.ts";
+} from "../lib/config/settings.ts";
 
 export const DOC_PATH = new URL("../docs/configuration.md", import.meta.url);
 
@@ -35,7 +35,7 @@ export function renderConfigurationDoc(): string {
   return [
     "# Configuration",
     "",
-    "<!-- Generated from lib/settings.ts by `deno task docs:config`; do not edit by hand. -->",
+    "<!-- Generated from lib/config/settings.ts by `deno task docs:config`; do not edit by hand. -->",
     "",
     "The gateway reads environment variables, then an env file (`GATEWAY_ENV_FILE`, else `.env`",
     "when present) for those the environment leaves unset. An empty value counts as unset.",

@@ -1,7 +1,7 @@
 /**
  * Build-time inputs of `deno task compile`: the host and path lists that widen a binary's
  * permission scope, and deno.json's `unstable` features. The rules themselves live in
- * lib/permissions.ts, shared with `deno task start`.
+ * lib/config/permissions.ts, shared with `deno task start`.
  */
 
 /** deno.json's `unstable` features as flags (`--unstable-net` for SO_REUSEPORT with workers). */

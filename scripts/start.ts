@@ -1,15 +1,16 @@
 /**
  * `deno task start`: reads the configuration as main.ts does, derives the gateway's permissions
- * from it (lib/permissions.ts launchScope) and runs main.ts with exactly those, passing stdio,
+ * from it (lib/config/permissions.ts launchScope) and runs main.ts with exactly those, passing stdio,
  * SIGINT/SIGTERM/SIGHUP and the exit code through. The launcher itself may only read the
  * environment and files (the env file can be anywhere) and run `deno`; it never touches the
  * network. Arguments after the task name go to main.ts (e.g. `--check-config`, `--health-check`).
  */
-import { parseArgs } from "../lib/cli.ts";
-import { type Config, ConfigError } from "../lib/config.ts";
-import { type LoadedEnvironment, loadEnvironment } from "../lib/env_file.ts";
-import { createLogger } from "../lib/log.ts";
-import { launchScope, permissionFlags, type PermissionScope } from "../lib/permissions.ts";
+import { parseArgs } from "../lib/config/cli.ts";
+import { type Config } from "../lib/config/config.ts";
+import { ConfigError } from "../lib/config/config_error.ts";
+import { type LoadedEnvironment, loadEnvironment } from "../lib/config/env_file.ts";
+import { createLogger } from "../lib/observe/log.ts";
+import { launchScope, permissionFlags, type PermissionScope } from "../lib/config/permissions.ts";
 import { loadConfig } from "../main.ts";
 
 const FORWARDED_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;

@@ -4,8 +4,8 @@
  * server (./refusal.ts).
  */
 import type { ConnectionOptions, NatsConnection } from "@nats-io/nats-core";
-import type { Logger } from "../log.ts";
-import { redactUrl } from "../redact.ts";
+import type { Logger } from "../observe/log.ts";
+import { redactUrl } from "../config/redact.ts";
 import { delay, errorMessage } from "../util.ts";
 import { loadLogin, loadTls, type Login, type NatsCredentials, type Tls } from "./credentials.ts";
 import { isPermissionError, NatsUnavailableError } from "./errors.ts";

@@ -12,7 +12,7 @@ import {
   type JetStreamManager,
   jetstreamManager,
 } from "@nats-io/jetstream";
-import type { Logger } from "../log.ts";
+import type { Logger } from "../observe/log.ts";
 import { delay, errorMessage } from "../util.ts";
 import {
   type ConsumerTarget,

@@ -10,7 +10,7 @@ import {
   tokenAuthenticator,
   usernamePasswordAuthenticator,
 } from "@nats-io/nats-core";
-import type { Config } from "../config.ts";
+import type { Config } from "../config/config.ts";
 import { errorMessage } from "../util.ts";
 import { isPermissionError, NatsCredentialsError } from "./errors.ts";
 

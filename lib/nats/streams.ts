@@ -10,8 +10,8 @@ import {
   StorageType,
   type StreamConfig,
 } from "@nats-io/jetstream";
-import type { Config } from "../config.ts";
-import type { Logger } from "../log.ts";
+import type { Config } from "../config/config.ts";
+import type { Logger } from "../observe/log.ts";
 import { errorMessage } from "../util.ts";
 
 const DAY_NS = 24 * 60 * 60 * 1_000_000_000;

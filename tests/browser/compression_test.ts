@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
 import { startGateway } from "../../lib/gateway.ts";
 import { SyntheticMarket } from "../../scripts/publisher.ts";
-import { NatsServer } from "../helpers/nats_server.ts";
+import { NatsServer } from "../../tools/nats_server.ts";
 import { Publisher, recordingLogger, testConfig } from "../helpers/fixtures.ts";
 
 const CHROMIUM = Deno.env.get("CHROMIUM_BIN") ?? "/usr/bin/chromium";

@@ -6,9 +6,9 @@
 import assert from "node:assert/strict";
 import { type Browser, chromium } from "playwright-core";
 import { startGateway } from "../../lib/gateway.ts";
-import { NatsServer } from "../helpers/nats_server.ts";
+import { NatsServer } from "../../tools/nats_server.ts";
 import { Publisher, recordingLogger, testConfig } from "../helpers/fixtures.ts";
-import { levelsSignal } from "../helpers/signals.ts";
+import { levelsSignal } from "../../tools/signals.ts";
 
 const CHROMIUM = Deno.env.get("CHROMIUM_BIN") ?? "/usr/bin/chromium";
 const chromiumMissing = await Deno.stat(CHROMIUM).then(() => false, () => true);

@@ -1,5 +1,5 @@
 /**
- * The live viewer (lib/viewer_page.ts) in real headless Chromium (Debian's, driven by
+ * The live viewer (lib/http/viewer_page.ts) in real headless Chromium (Debian's, driven by
  * playwright-core), fed by a real gateway, nats-server and the synthetic publisher: it shows the
  * snapshot and live updates; reconnects by itself after a gateway restart and shows fresh data,
  * never an older snapshot; goes stale when the publisher stops and fresh when it resumes; and
@@ -12,9 +12,9 @@
 import assert from "node:assert/strict";
 import { type Browser, chromium, type Page } from "playwright-core";
 import { type Gateway, startGateway } from "../../lib/gateway.ts";
-import { viewerHtml, type ViewerRoute } from "../../lib/viewer_page.ts";
+import { viewerHtml, type ViewerRoute } from "../../lib/http/viewer_page.ts";
 import { type RunningPublisher, startPublisher } from "../../scripts/publisher.ts";
-import { NatsServer } from "../helpers/nats_server.ts";
+import { NatsServer } from "../../tools/nats_server.ts";
 import { recordingLogger, testConfig } from "../helpers/fixtures.ts";
 
 const CHROMIUM = Deno.env.get("CHROMIUM_BIN") ?? "/usr/bin/chromium";

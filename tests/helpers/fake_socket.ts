@@ -1,5 +1,5 @@
 /** A recording stand-in for a server WebSocket, at the edge of the Broadcaster and handler. */
-import type { ClientSocket } from "../../lib/broadcaster.ts";
+import type { ClientSocket } from "../../lib/relay/broadcaster.ts";
 
 export class FakeSocket extends EventTarget implements ClientSocket {
   readyState = 1;

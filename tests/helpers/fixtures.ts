@@ -2,9 +2,9 @@
 import { connect } from "../../lib/nats/transport.ts";
 import type { ConnectionOptions, NatsConnection } from "@nats-io/nats-core";
 import { jetstream, type JetStreamClient } from "@nats-io/jetstream";
-import { type Config, parseConfig } from "../../lib/config.ts";
-import { createLogger, type Logger } from "../../lib/log.ts";
-import type { HealthReport } from "../../lib/server.ts";
+import { type Config, parseConfig } from "../../lib/config/config.ts";
+import { createLogger, type Logger } from "../../lib/observe/log.ts";
+import type { HealthReport } from "../../lib/observe/health.ts";
 
 /** Config for a gateway on a free loopback port against `natsUrl`. */
 export function testConfig(natsUrl: string, env: Record<string, string> = {}): Config {

@@ -10,7 +10,7 @@ import {
   type StreamConfig,
   type StreamInfo,
 } from "@nats-io/jetstream";
-import { NatsServer } from "./nats_server.ts";
+import { NatsServer } from "../../tools/nats_server.ts";
 
 /** Ports nobody listens on now: held open together so they differ, then released. */
 function freePorts(count: number): number[] {

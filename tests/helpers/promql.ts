@@ -2,7 +2,7 @@
  * Metric names in PromQL expressions, and the names the gateway exports (from GatewayMetrics
  * itself, rendered as /metrics renders it), so deploy/ files cannot name a metric that is not.
  */
-import { GatewayMetrics } from "../../lib/metrics.ts";
+import { GatewayMetrics } from "../../lib/observe/metrics.ts";
 
 const KEYWORDS = new Set([
   "by",

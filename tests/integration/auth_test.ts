@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { startGateway } from "../../lib/gateway.ts";
-import { NatsServer } from "../helpers/nats_server.ts";
+import { NatsServer } from "../../tools/nats_server.ts";
 import {
   Client,
   eventually,
@@ -22,7 +22,7 @@ import {
   type TestKey,
   unsecuredToken,
 } from "../helpers/jwt.ts";
-import { GatewayProcess } from "../helpers/process.ts";
+import { GatewayProcess } from "../../tools/gateway_process.ts";
 import { RawPeer } from "../helpers/raw_ws.ts";
 
 const TOKEN = "dashboard-token-7f3a9c41e2";

@@ -1,7 +1,7 @@
 /** Bad input from NATS and from clients: skipped or closed, counted, never a crash. */
 import assert from "node:assert/strict";
 import { startGateway } from "../../lib/gateway.ts";
-import { NatsServer } from "../helpers/nats_server.ts";
+import { NatsServer } from "../../tools/nats_server.ts";
 import {
   Client,
   eventually,

@@ -1,8 +1,8 @@
 /** `--help` and `--version` through the real start path: they answer without starting anything. */
 import assert from "node:assert/strict";
-import { ENV_VARIABLES } from "../../lib/config.ts";
+import { ENV_VARIABLES } from "../../lib/config/settings.ts";
 import { VERSION } from "../../lib/version.ts";
-import { GatewayProcess, startTaskArgs } from "../helpers/process.ts";
+import { GatewayProcess, startTaskArgs } from "../../tools/gateway_process.ts";
 
 /** An environment the gateway would refuse (exit 2), and a NATS no one listens on. */
 const BROKEN = {

@@ -1,7 +1,7 @@
 /** The browser client (client/gateway_client.ts) on Deno's WebSocket against a real gateway. */
 import assert from "node:assert/strict";
 import { type Gateway, startGateway } from "../../lib/gateway.ts";
-import { NatsServer } from "../helpers/nats_server.ts";
+import { NatsServer } from "../../tools/nats_server.ts";
 import { Publisher, recordingLogger, signal, testConfig } from "../helpers/fixtures.ts";
 import {
   GatewayClient,
@@ -144,7 +144,7 @@ Deno.test("GET /client.js serves the bundled client as a JavaScript module a pag
   assert.equal(response.status, 200);
   assert.match(response.headers.get("content-type") ?? "", /^text\/javascript/);
   const body = await response.text();
-  const { CLIENT_JS } = await import("../../lib/client_bundle.ts");
+  const { CLIENT_JS } = await import("../../lib/http/client_bundle.ts");
   assert.equal(body, CLIENT_JS);
   // Loaded as a module from what was served, it exports the client.
   const module = await import(`data:text/javascript,${encodeURIComponent(body)}`);

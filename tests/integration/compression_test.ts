@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { inflateRawSync } from "node:zlib";
 import { startGateway } from "../../lib/gateway.ts";
 import { SyntheticMarket } from "../../scripts/publisher.ts";
-import { NatsServer } from "../helpers/nats_server.ts";
+import { NatsServer } from "../../tools/nats_server.ts";
 import { Publisher, recordingLogger, testConfig } from "../helpers/fixtures.ts";
 
 /** One frame as received: its kind, its bytes on the wire, and the payload text it carries. */

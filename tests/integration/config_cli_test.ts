@@ -3,10 +3,10 @@
  * lines an operator reads, and that no secret is ever among them.
  */
 import assert from "node:assert/strict";
-import { NatsServer } from "../helpers/nats_server.ts";
+import { NatsServer } from "../../tools/nats_server.ts";
 import { Client, eventually, Publisher, signal } from "../helpers/fixtures.ts";
-import { GatewayProcess, startTaskArgs } from "../helpers/process.ts";
-import { ENV_VARIABLES } from "../../lib/config.ts";
+import { GatewayProcess, startTaskArgs } from "../../tools/gateway_process.ts";
+import { ENV_VARIABLES } from "../../lib/config/settings.ts";
 
 const TOKEN = "s3cret-token-0123456789abcdef";
 /** Full permissions: the environment's names can be listed (the start task's cannot). */

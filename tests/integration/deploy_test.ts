@@ -4,10 +4,10 @@
  */
 import assert from "node:assert/strict";
 import { parse as parseYaml } from "yaml";
-import { parseConfig } from "../../lib/config.ts";
-import { natsAddress } from "../../lib/permissions.ts";
-import { NatsServer } from "../helpers/nats_server.ts";
-import { GatewayProcess, startTaskArgs } from "../helpers/process.ts";
+import { parseConfig } from "../../lib/config/config.ts";
+import { natsAddress } from "../../lib/config/permissions.ts";
+import { NatsServer } from "../../tools/nats_server.ts";
+import { GatewayProcess, startTaskArgs } from "../../tools/gateway_process.ts";
 
 const root = new URL("../..", import.meta.url).pathname;
 

@@ -4,9 +4,10 @@
  * answer as Kubernetes expects on a real gateway started with that environment.
  */
 import assert from "node:assert/strict";
-import { type Config, ENV_VARIABLES, parseConfig } from "../../lib/config.ts";
-import { NatsServer } from "../helpers/nats_server.ts";
-import { GatewayProcess, startTaskArgs } from "../helpers/process.ts";
+import { type Config, parseConfig } from "../../lib/config/config.ts";
+import { ENV_VARIABLES } from "../../lib/config/settings.ts";
+import { NatsServer } from "../../tools/nats_server.ts";
+import { GatewayProcess, startTaskArgs } from "../../tools/gateway_process.ts";
 import { Client, eventually } from "../helpers/fixtures.ts";
 import {
   type Container,
@@ -71,7 +72,7 @@ function probePath(probe: Container["livenessProbe"], what: string) {
 Deno.test("kubernetes: every variable the manifests set is one the gateway reads", () => {
   const known = new Set<string>(ENV_VARIABLES);
   const unknown = environment.names.filter((name) => !known.has(name));
-  assert.deepEqual(unknown, [], `not read by lib/config.ts: ${unknown.join(", ")}`);
+  assert.deepEqual(unknown, [], `not read by lib/config/config.ts: ${unknown.join(", ")}`);
   assert.ok(environment.names.includes("NATS_URL"));
   // Credentials come from the Secret, never the ConfigMap.
   const configMap = only(manifests, "ConfigMap");

@@ -13,7 +13,7 @@ import {
   jetstreamManager,
 } from "@nats-io/jetstream";
 import { startGateway } from "../../lib/gateway.ts";
-import { NatsServer } from "../helpers/nats_server.ts";
+import { NatsServer } from "../../tools/nats_server.ts";
 import {
   Client,
   eventually,

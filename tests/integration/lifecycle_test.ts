@@ -1,8 +1,8 @@
 /** The real main.ts, run with the start task's permission flags, as an operator runs it. */
 import assert from "node:assert/strict";
-import { NatsServer } from "../helpers/nats_server.ts";
+import { NatsServer } from "../../tools/nats_server.ts";
 import { Client, eventually, Publisher, signal } from "../helpers/fixtures.ts";
-import { GatewayProcess } from "../helpers/process.ts";
+import { GatewayProcess } from "../../tools/gateway_process.ts";
 
 Deno.test("main: SIGTERM closes every client with 1001, drains NATS and exits 0", async () => {
   await using nats = await NatsServer.start();

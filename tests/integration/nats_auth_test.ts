@@ -10,8 +10,8 @@ import { NatsCredentialsError, NatsLoginError, NatsTlsError } from "../../lib/na
 import { makeCerts, type TestCerts } from "../helpers/certs.ts";
 import { Client, Publisher, recordingLogger, signal, testConfig } from "../helpers/fixtures.ts";
 import { operatorSetup, userNkey } from "../helpers/nats_auth.ts";
-import { NatsServer } from "../helpers/nats_server.ts";
-import { GatewayProcess } from "../helpers/process.ts";
+import { NatsServer } from "../../tools/nats_server.ts";
+import { GatewayProcess } from "../../tools/gateway_process.ts";
 
 const secret = (name: string) => `${name}-${crypto.randomUUID()}`;
 

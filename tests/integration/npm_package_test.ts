@@ -7,8 +7,8 @@
  */
 import assert from "node:assert/strict";
 import { startGateway } from "../../lib/gateway.ts";
-import { CLIENT_JS } from "../../lib/client_bundle.ts";
-import { NatsServer } from "../helpers/nats_server.ts";
+import { CLIENT_JS } from "../../lib/http/client_bundle.ts";
+import { NatsServer } from "../../tools/nats_server.ts";
 import { Publisher, recordingLogger, signal, testConfig } from "../helpers/fixtures.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;

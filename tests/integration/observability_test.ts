@@ -1,7 +1,7 @@
 /** /metrics parsed by a real Prometheus text-format parser; values move as traffic flows. */
 import assert from "node:assert/strict";
 import { startGateway } from "../../lib/gateway.ts";
-import { NatsServer } from "../helpers/nats_server.ts";
+import { NatsServer } from "../../tools/nats_server.ts";
 import { scrape, value } from "../helpers/metrics.ts";
 import {
   Client,

@@ -1,21 +1,23 @@
 /**
- * The runtime permissions (lib/permissions.ts): derived at launch by `deno task start`, baked in
+ * The runtime permissions (lib/config/permissions.ts): derived at launch by `deno task start`, baked in
  * at build time by `deno task compile`, checked up front with advice for the way it was started.
  */
 import assert from "node:assert/strict";
-import { ConfigError, ENV_VARIABLES, parseConfig } from "../../lib/config.ts";
-import { REMOVED_VARIABLES } from "../../lib/settings.ts";
+import { parseConfig } from "../../lib/config/config.ts";
+import { ConfigError } from "../../lib/config/config_error.ts";
+import { ENV_VARIABLES } from "../../lib/config/settings.ts";
+import { REMOVED_VARIABLES } from "../../lib/config/settings.ts";
 import {
   buildScope,
   checkPermissions,
   launchScope,
   permissionFlags,
   PermissionScopeError,
-} from "../../lib/permissions.ts";
+} from "../../lib/config/permissions.ts";
 import { compileArgs } from "../../scripts/compile.ts";
-import { NatsServer } from "../helpers/nats_server.ts";
+import { NatsServer } from "../../tools/nats_server.ts";
 import { Client, health, Publisher, signal } from "../helpers/fixtures.ts";
-import { GatewayProcess, LISTENING_LINE, startTaskArgs } from "../helpers/process.ts";
+import { GatewayProcess, LISTENING_LINE, startTaskArgs } from "../../tools/gateway_process.ts";
 
 const root = new URL("../..", import.meta.url).pathname;
 const LIB = "/srv/gateway/lib";
@@ -122,7 +124,7 @@ Deno.test("compile: the binary scope, widened only by the build-time lists", asy
   assert.deepEqual(flagValue(plain, "env"), [...ENV_VARIABLES, ...Object.keys(REMOVED_VARIABLES)]);
   assert.ok(plain.includes("--unstable-net"), "SO_REUSEPORT for GATEWAY_WORKERS");
   assert.ok(plain.includes("--exclude-unused-npm"), "no test-only npm packages in the binary");
-  assert.equal(plain[plain.indexOf("--include") + 1], "lib/worker.ts");
+  assert.equal(plain[plain.indexOf("--include") + 1], "lib/cluster/worker.ts");
   assert.ok(!plain.some((a) => a === "-A" || a === "--allow-all" || a.startsWith("--allow-run")));
   const widened = await compileArgs({
     GATEWAY_NATS_HOSTS: "nats-1.internal,10.0.0.7",

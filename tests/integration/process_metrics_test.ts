@@ -5,8 +5,8 @@
 import assert from "node:assert/strict";
 import { VERSION } from "../../lib/version.ts";
 import { scrape, value } from "../helpers/metrics.ts";
-import { NatsServer } from "../helpers/nats_server.ts";
-import { GatewayProcess } from "../helpers/process.ts";
+import { NatsServer } from "../../tools/nats_server.ts";
+import { GatewayProcess } from "../../tools/gateway_process.ts";
 
 /** VmRSS and utime + stime of `pid`, as the kernel counts them. */
 async function procFigures(pid: number): Promise<{ rss: number; cpu: number }> {

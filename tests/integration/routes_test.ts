@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { startGateway } from "../../lib/gateway.ts";
-import { NatsServer } from "../helpers/nats_server.ts";
+import { NatsServer } from "../../tools/nats_server.ts";
 import {
   Client,
   eventually,
@@ -13,7 +13,7 @@ import {
   testConfig,
 } from "../helpers/fixtures.ts";
 import { scrape, value } from "../helpers/metrics.ts";
-import { GatewayProcess } from "../helpers/process.ts";
+import { GatewayProcess } from "../../tools/gateway_process.ts";
 import { randomSecret, signToken } from "../helpers/jwt.ts";
 import { FakeSocket } from "../helpers/fake_socket.ts";
 

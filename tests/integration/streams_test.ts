@@ -8,7 +8,7 @@ import type { NatsConnection } from "@nats-io/nats-core";
 import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
 import { startGateway } from "../../lib/gateway.ts";
 import { ensureRelayedStream, setUpStreams, type StreamSettings } from "../../lib/nats/streams.ts";
-import { NatsServer } from "../helpers/nats_server.ts";
+import { NatsServer } from "../../tools/nats_server.ts";
 import {
   Client,
   eventually,

@@ -3,10 +3,10 @@
  * one port, each with its own consumer and cache, and the process still looks like one gateway.
  */
 import assert from "node:assert/strict";
-import { NatsServer } from "../helpers/nats_server.ts";
+import { NatsServer } from "../../tools/nats_server.ts";
 import { Client, eventually, health, Publisher, signal } from "../helpers/fixtures.ts";
 import { scrape, value } from "../helpers/metrics.ts";
-import { GatewayProcess } from "../helpers/process.ts";
+import { GatewayProcess } from "../../tools/gateway_process.ts";
 
 const CLIENTS = 24;
 

@@ -22,7 +22,7 @@ import {
 import { startGateway } from "../../lib/gateway.ts";
 import { IDLE_HEARTBEAT_MS } from "../../lib/nats/consumer.ts";
 import { retrySchedule } from "../../lib/nats/consumer_create.ts";
-import type { NatsServer } from "../helpers/nats_server.ts";
+import type { NatsServer } from "../../tools/nats_server.ts";
 import { NatsCluster } from "../helpers/nats_cluster.ts";
 import { Client, eventually, recordingLogger, signal, testConfig } from "../helpers/fixtures.ts";
 
@@ -30,7 +30,7 @@ const STREAM = "LEVEL_SIGNALS";
 const PUBLISH_EVERY_MS = 50;
 // The gateway's documented periods the bounds are made of; everything else in them is measured
 // in the same run. Those lib/ does not export are restated (keep them in step with
-// lib/nats/consumer.ts and lib/route.ts).
+// lib/nats/consumer.ts and lib/relay/route.ts).
 /** The lag check's period, passed to the gateway (its default, lib/gateway.ts LAG_POLL_MS). */
 const LAG_POLL_MS = 1_000;
 /** route.ts STALLED_CHECKS_BEFORE_RESTART: a silent consumer is replaced after 2.5 checks. */

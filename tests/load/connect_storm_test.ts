@@ -1,12 +1,12 @@
 /**
  * Reconnect storms: connects that arrive while the gateway is busy wait in the kernel's accept
- * queue (Deno.serve's `tcpBacklog`, as deep as the kernel allows: lib/fd_limit.ts) instead of
+ * queue (Deno.serve's `tcpBacklog`, as deep as the kernel allows: lib/http/listener.ts) instead of
  * having their SYN dropped and retried seconds later; and a port is still the gateway's alone.
  */
 import assert from "node:assert/strict";
-import { NatsServer } from "../helpers/nats_server.ts";
+import { NatsServer } from "../../tools/nats_server.ts";
 import { Publisher, signal } from "../helpers/fixtures.ts";
-import { GatewayProcess } from "../helpers/process.ts";
+import { GatewayProcess } from "../../tools/gateway_process.ts";
 import { upgradeRequest } from "../helpers/raw_ws.ts";
 
 /** More than Deno's default queue holds (511 + 1), fewer than the kernel's cap (somaxconn). */

@@ -5,12 +5,12 @@
  * machine slows the test down but cannot change what each reader must receive.
  */
 import assert from "node:assert/strict";
-import { NatsServer } from "../helpers/nats_server.ts";
+import { NatsServer } from "../../tools/nats_server.ts";
 import { scrape, value } from "../helpers/metrics.ts";
 import { Publisher } from "../helpers/fixtures.ts";
-import { GatewayProcess } from "../helpers/process.ts";
+import { GatewayProcess } from "../../tools/gateway_process.ts";
 import { RawPeer } from "../helpers/raw_ws.ts";
-import { levelsSignal } from "../helpers/signals.ts";
+import { levelsSignal } from "../../tools/signals.ts";
 
 const READERS = 200;
 const STALLED = 50;

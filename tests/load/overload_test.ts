@@ -6,9 +6,9 @@
  */
 import assert from "node:assert/strict";
 import { startGateway } from "../../lib/gateway.ts";
-import { NatsServer } from "../helpers/nats_server.ts";
+import { NatsServer } from "../../tools/nats_server.ts";
 import { scrape, value } from "../helpers/metrics.ts";
-import { GatewayProcess } from "../helpers/process.ts";
+import { GatewayProcess } from "../../tools/gateway_process.ts";
 import {
   Client,
   eventually,

@@ -6,10 +6,10 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import { Client, eventually, Publisher, signal } from "../helpers/fixtures.ts";
-import { NatsServer } from "../helpers/nats_server.ts";
+import { NatsServer } from "../../tools/nats_server.ts";
 import { makeCerts, type TestCerts } from "../helpers/certs.ts";
 import { findNginx, freePort, NginxProcess, renderConfig } from "../helpers/nginx.ts";
-import { GatewayProcess } from "../helpers/process.ts";
+import { GatewayProcess } from "../../tools/gateway_process.ts";
 import { encodeClientFrame } from "../helpers/raw_ws.ts";
 
 const TOKEN = "proxy-test-token-0123456789";

@@ -8,10 +8,10 @@
  * property, not the machine's speed.
  */
 import assert from "node:assert/strict";
-import { NatsServer } from "../helpers/nats_server.ts";
+import { NatsServer } from "../../tools/nats_server.ts";
 import { Client, Publisher } from "../helpers/fixtures.ts";
-import { GatewayProcess } from "../helpers/process.ts";
-import { levelsSignal } from "../helpers/signals.ts";
+import { GatewayProcess } from "../../tools/gateway_process.ts";
+import { levelsSignal } from "../../tools/signals.ts";
 
 const CLIENTS = 500;
 const PUBLISH_EVERY_MS = 50;

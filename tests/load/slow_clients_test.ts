@@ -1,11 +1,11 @@
 /** Slow and stalled clients: bounded memory, conflation, 4008, fast clients unaffected. */
 import assert from "node:assert/strict";
-import { NatsServer } from "../helpers/nats_server.ts";
+import { NatsServer } from "../../tools/nats_server.ts";
 import { scrape, value } from "../helpers/metrics.ts";
 import { Client, eventually, Publisher } from "../helpers/fixtures.ts";
-import { GatewayProcess } from "../helpers/process.ts";
+import { GatewayProcess } from "../../tools/gateway_process.ts";
 import { RawPeer } from "../helpers/raw_ws.ts";
-import { levelsSignal } from "../helpers/signals.ts";
+import { levelsSignal } from "../../tools/signals.ts";
 
 const NORMAL = 10;
 const STALLED = 12;

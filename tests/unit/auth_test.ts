@@ -1,4 +1,4 @@
-/** lib/auth.ts without a network: token sources, JWT verification, routes claim, origins, config. */
+/** lib/auth/auth.ts without a network: token sources, JWT verification, routes claim, origins, config. */
 import assert from "node:assert/strict";
 import {
   Authenticator,
@@ -14,13 +14,15 @@ import {
   readPublicKeyFile,
   routesCover,
   selectProtocol,
-} from "../../lib/auth.ts";
-import { Broadcaster } from "../../lib/broadcaster.ts";
-import { ConfigError, parseConfig } from "../../lib/config.ts";
-import { checkConfigFiles } from "../../lib/config_files.ts";
-import { GatewayMetrics } from "../../lib/metrics.ts";
-import { createHandler, type HealthReport, type Upgrade } from "../../lib/server.ts";
-import { Sessions } from "../../lib/session.ts";
+} from "../../lib/auth/auth.ts";
+import { Broadcaster } from "../../lib/relay/broadcaster.ts";
+import { parseConfig } from "../../lib/config/config.ts";
+import { ConfigError } from "../../lib/config/config_error.ts";
+import { checkConfigFiles } from "../../lib/config/config_files.ts";
+import { GatewayMetrics } from "../../lib/observe/metrics.ts";
+import { createHandler, type Upgrade } from "../../lib/http/router.ts";
+import type { HealthReport } from "../../lib/observe/health.ts";
+import { Sessions } from "../../lib/http/session.ts";
 import { FakeSocket } from "../helpers/fake_socket.ts";
 import { recordingLogger } from "../helpers/fixtures.ts";
 import {

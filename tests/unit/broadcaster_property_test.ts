@@ -12,7 +12,7 @@
  */
 import assert from "node:assert/strict";
 import { inflateRawSync } from "node:zlib";
-import { Broadcaster } from "../../lib/broadcaster.ts";
+import { Broadcaster } from "../../lib/relay/broadcaster.ts";
 import { FakeSocket } from "../helpers/fake_socket.ts";
 
 const CASES = Number(Deno.env.get("PROPERTY_CASES") ?? 400);

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { Broadcaster, CloseCode } from "../../lib/broadcaster.ts";
+import { Broadcaster, CloseCode } from "../../lib/relay/broadcaster.ts";
 import { inflateRawSync } from "node:zlib";
 import { FakeSocket } from "../helpers/fake_socket.ts";
 

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { helpText, parseArgs, VARIABLE_HELP, versionText } from "../../lib/cli.ts";
-import { ENV_VARIABLES, SETTINGS } from "../../lib/settings.ts";
+import { helpText, parseArgs, VARIABLE_HELP, versionText } from "../../lib/config/cli.ts";
+import { ENV_VARIABLES, SETTINGS } from "../../lib/config/settings.ts";
 import { VERSION } from "../../lib/version.ts";
 
 Deno.test("parseArgs: each flag, --help before everything, unknown and conflicting ones refused", () => {
@@ -33,7 +33,7 @@ Deno.test("helpText: usage, every flag, the exit codes, and every variable once"
   }
   for (const code of ["0", "1", "2"]) assert.match(text, new RegExp(`^  ${code}  \\S`, "m"));
   for (const name of ENV_VARIABLES) {
-    assert.ok(VARIABLE_HELP[name], `${name} has no line in lib/cli.ts VARIABLE_HELP`);
+    assert.ok(VARIABLE_HELP[name], `${name} has no line in lib/config/cli.ts VARIABLE_HELP`);
     assert.equal(text.match(new RegExp(`^  ${name} `, "gm"))?.length, 1, name);
   }
   const listed = new Set<string>(ENV_VARIABLES);

@@ -1,8 +1,8 @@
 /** The `/client.js` the gateway embeds: built from client/gateway_client.ts, never stale. */
 import assert from "node:assert/strict";
-import { CLIENT_JS } from "../../lib/client_bundle.ts";
+import { CLIENT_JS } from "../../lib/http/client_bundle.ts";
 
-Deno.test("client bundle: lib/client_bundle.ts is what a fresh build writes", async () => {
+Deno.test("client bundle: lib/http/client_bundle.ts is what a fresh build writes", async () => {
   // A subprocess, because Deno.bundle needs --unstable-bundle, which `deno test` does not pass.
   const { success, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
     args: ["run", "--unstable-bundle", "--allow-read", "scripts/build_client.ts", "--print"],
@@ -10,10 +10,12 @@ Deno.test("client bundle: lib/client_bundle.ts is what a fresh build writes", as
   }).output();
   const decoder = new TextDecoder();
   assert.ok(success, decoder.decode(stderr));
-  const committed = await Deno.readTextFile(new URL("../../lib/client_bundle.ts", import.meta.url));
+  const committed = await Deno.readTextFile(
+    new URL("../../lib/http/client_bundle.ts", import.meta.url),
+  );
   assert.ok(
     decoder.decode(stdout) === committed,
-    "lib/client_bundle.ts is stale: run `deno task build:client`",
+    "lib/http/client_bundle.ts is stale: run `deno task build:client`",
   );
 });
 

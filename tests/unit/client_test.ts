@@ -9,7 +9,7 @@ import {
 } from "../../client/gateway_client.ts";
 import type { LevelsSignalsV1 } from "../../client/levels_signals_v1.ts";
 import { Ajv2020 } from "ajv/dist/2020.js";
-import { levelsSignal } from "../helpers/signals.ts";
+import { levelsSignal } from "../../tools/signals.ts";
 import { deflateRawSync } from "node:zlib";
 
 /** Timers that fire only when the test advances time. */

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
-import { ConfigError, describeConfig, parseConfig } from "../../lib/config.ts";
-import { ENV_VARIABLES, REMOVED_VARIABLES, SETTINGS } from "../../lib/settings.ts";
+import { describeConfig, parseConfig } from "../../lib/config/config.ts";
+import { ConfigError } from "../../lib/config/config_error.ts";
+import { ENV_VARIABLES, REMOVED_VARIABLES, SETTINGS } from "../../lib/config/settings.ts";
 import { DOC_PATH, renderConfigurationDoc } from "../../scripts/gen_config_docs.ts";
 import {
   closestKnownName,
@@ -10,7 +11,7 @@ import {
   loadEnvironment,
   parseEnvFile,
   refuseUnknown,
-} from "../../lib/env_file.ts";
+} from "../../lib/config/env_file.ts";
 
 Deno.test("parseConfig gives the documented defaults for an empty environment", () => {
   const config = parseConfig({});
@@ -467,7 +468,7 @@ Deno.test("settings: at most 30 variables, at most 16 basic, each with help and 
   assert.ok(ENV_VARIABLES.length <= 41, `${ENV_VARIABLES.length} variables`);
 });
 
-Deno.test("docs/configuration.md is what `deno task docs:config` makes from lib/settings.ts", async () => {
+Deno.test("docs/configuration.md is what `deno task docs:config` makes from lib/config/settings.ts", async () => {
   // deno fmt aligns the table and wraps the prose: compare the words.
   const words = (text: string) => text.replace(/-{3,}/g, "---").replace(/\s+/g, " ").trim();
   const committed = await Deno.readTextFile(DOC_PATH);

@@ -5,8 +5,8 @@ import {
   type LocalState,
   ReceivedState,
   WorkerStates,
-} from "../../lib/health.ts";
-import { GatewayMetrics } from "../../lib/metrics.ts";
+} from "../../lib/observe/health.ts";
+import { GatewayMetrics } from "../../lib/observe/metrics.ts";
 
 const base: HealthReport = {
   service: "gateway",

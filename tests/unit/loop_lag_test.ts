@@ -6,8 +6,8 @@
  *   cached; a burst handled soon after it was stored reaches clients whole.
  */
 import assert from "node:assert/strict";
-import { LoopLag } from "../../lib/loop_lag.ts";
-import { BehindWatch } from "../../lib/relay.ts";
+import { LoopLag } from "../../lib/relay/loop_lag.ts";
+import { BehindWatch } from "../../lib/relay/progress.ts";
 
 /** A LoopLag on fake wall and CPU clocks, ticking every 50 ms. */
 function clocks() {

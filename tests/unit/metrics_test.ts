@@ -1,5 +1,5 @@
 /**
- * The metrics registry (lib/metrics.ts): counters, gauges, histograms and info metrics, label
+ * The metrics registry (lib/observe/metrics.ts): counters, gauges, histograms and info metrics, label
  * escaping, the text exposition (format 0.0.4) read back with a real parser, how isolates
  * combine, and the gateway's catalogue (every metric rendered once with HELP and TYPE).
  */
@@ -13,8 +13,8 @@ import {
   Info,
   type MetricSnapshot,
   renderMetrics,
-} from "../../lib/metrics.ts";
-import { OpenFdCounter } from "../../lib/process_metrics.ts";
+} from "../../lib/observe/metrics.ts";
+import { OpenFdCounter } from "../../lib/observe/process_metrics.ts";
 import type { Family } from "../helpers/metrics.ts";
 
 /** The text exposition parsed by parse-prometheus-text-format, by family name. */

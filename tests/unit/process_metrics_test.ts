@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { GatewayMetrics } from "../../lib/metrics.ts";
-import { cpuSeconds, oncePerTurn, OpenFdCounter } from "../../lib/process_metrics.ts";
+import { GatewayMetrics } from "../../lib/observe/metrics.ts";
+import { cpuSeconds, oncePerTurn, OpenFdCounter } from "../../lib/observe/process_metrics.ts";
 import { VERSION } from "../../lib/version.ts";
 
 Deno.test("oncePerTurn: one reading per synchronous run, a fresh one after", async () => {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { REDACTED, redactUrl } from "../../lib/redact.ts";
+import { REDACTED, redactUrl } from "../../lib/config/redact.ts";
 
 Deno.test("redactUrl leaves a list without credentials unchanged", () => {
   for (const list of ["nats://a:4222", "a:4222, b:4223,tls://c:4224", "nats://[::1]:4222", ""]) {

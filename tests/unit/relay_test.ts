@@ -1,6 +1,6 @@
 /** RelayProgress and FreshnessWatch: what reaches clients, and when a consumer counts as stalled. */
 import assert from "node:assert/strict";
-import { FreshnessWatch, RelayProgress } from "../../lib/relay.ts";
+import { FreshnessWatch, RelayProgress } from "../../lib/relay/progress.ts";
 
 const STREAM_A = "2026-11-26T10:00:00Z";
 const STREAM_B = "2026-11-26T11:00:00Z";

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ConfigError } from "../../lib/config.ts";
+import { ConfigError } from "../../lib/config/config_error.ts";
 import {
   DEFAULT_ROUTES,
   MAX_VALUE_LENGTH,
@@ -8,7 +8,7 @@ import {
   routeReceives,
   RouteTable,
   valueProblem,
-} from "../../lib/routes.ts";
+} from "../../lib/relay/route_table.ts";
 
 const LEVELS = "/ws/levels/{symbol}=levels.{symbol}.signals";
 

@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
-import { Broadcaster } from "../../lib/broadcaster.ts";
-import { GatewayMetrics } from "../../lib/metrics.ts";
-import { createHandler, type HealthReport, type Upgrade } from "../../lib/server.ts";
-import { Sessions } from "../../lib/session.ts";
+import { Broadcaster } from "../../lib/relay/broadcaster.ts";
+import { GatewayMetrics } from "../../lib/observe/metrics.ts";
+import { createHandler, type Upgrade } from "../../lib/http/router.ts";
+import type { HealthReport } from "../../lib/observe/health.ts";
+import { Sessions } from "../../lib/http/session.ts";
 import { FakeSocket } from "../helpers/fake_socket.ts";
 import { recordingLogger } from "../helpers/fixtures.ts";
 

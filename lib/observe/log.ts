@@ -1,5 +1,5 @@
 /** JSON-lines logger: the only module that writes to the console. */
-import type { LogLevel } from "./config.ts";
+import type { LogLevel } from "../config/settings.ts";
 
 export type LogFields = Record<string, unknown>;
 

@@ -11,7 +11,8 @@
  * checkPermissions runs before the gateway connects, so a configuration outside the scope fails
  * with one line that says what to do for the way the process was started.
  */
-import { type Config, ConfigError } from "./config.ts";
+import { type Config } from "./config.ts";
+import { ConfigError } from "./config_error.ts";
 import { ENV_VARIABLES, REMOVED_VARIABLES, type Setting, SETTINGS } from "./settings.ts";
 
 /**
@@ -48,7 +49,7 @@ const ANY_ADDRESSES = ["0.0.0.0", "[::]"];
  */
 const BINARY_READ = [".env", "/etc/gateway", "lib"];
 
-/** The files a configuration names (`file` settings of lib/settings.ts), by variable; unset ones are left out. */
+/** The files a configuration names (`file` settings of lib/config/settings.ts), by variable; unset ones are left out. */
 export function configuredFiles(config: Config): { name: string; path: string }[] {
   return ENV_VARIABLES
     .filter((name) => (SETTINGS[name] as Setting<unknown>).file)

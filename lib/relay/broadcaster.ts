@@ -3,7 +3,7 @@
  * payload out, and applies the slow-client policy. It depends only on `ClientSocket`, the
  * narrow slice of a WebSocket it needs, so tests drive it with recording fakes. Each client gets
  * text frames, or (`deflate-raw`) the message's raw DEFLATE as a binary frame, made once per
- * message and shared by every such client (lib/compression.ts).
+ * message and shared by every such client (lib/relay/compression.ts).
  */
 import { type Encoding, Frames, utf8Length } from "./compression.ts";
 
@@ -48,7 +48,7 @@ export interface BroadcasterOptions {
    */
   readonly clientMaxQueueMs?: number;
   /**
-   * Milliseconds the gateway's loop has spent stalled so far (lib/loop_lag.ts): not counted in
+   * Milliseconds the gateway's loop has spent stalled so far (lib/relay/loop_lag.ts): not counted in
    * how long a payload waited in a client's queue, since a stall holds every client's writes.
    * Default: none.
    */

@@ -6,9 +6,9 @@
  */
 import { headers, type NatsConnection } from "@nats-io/nats-core";
 import { jetstream, type JetStreamClient } from "@nats-io/jetstream";
-import { type Logger, rateLimited } from "./log.ts";
-import { ask } from "./nats/streams.ts";
-import { delay } from "./util.ts";
+import { type Logger, rateLimited } from "../observe/log.ts";
+import { ask } from "./streams.ts";
+import { delay } from "../util.ts";
 
 /** How long the answer "does a stream capture the dead-letter subject?" is kept. */
 const STREAM_RECHECK_MS = 60_000;

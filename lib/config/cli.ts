@@ -3,7 +3,7 @@
  * `--help` and `--version` work with a broken environment and no permissions at all.
  */
 import { ENV_VARIABLES, type Setting, SETTINGS } from "./settings.ts";
-import { VERSION } from "./version.ts";
+import { VERSION } from "../version.ts";
 
 /** What one invocation does. */
 export type CliMode =
@@ -51,7 +51,7 @@ export function versionText(): string {
   return `gateway ${VERSION} (deno ${Deno.version.deno})\n`;
 }
 
-/** One line per variable, made from lib/settings.ts: its default and meaning. */
+/** One line per variable, made from lib/config/settings.ts: its default and meaning. */
 export const VARIABLE_HELP: Readonly<Record<string, readonly [string, string]>> = Object.freeze(
   Object.fromEntries(
     ENV_VARIABLES.map((name) => [name, [SETTINGS[name].default, helpOf(SETTINGS[name])] as const]),

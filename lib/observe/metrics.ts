@@ -5,7 +5,7 @@ import {
   OpenFdCounter,
   residentMemoryBytes,
 } from "./process_metrics.ts";
-import { VERSION } from "./version.ts";
+import { VERSION } from "../version.ts";
 
 export type Labels = Record<string, string>;
 

@@ -7,7 +7,7 @@
  * `Http: Error: Too many open files`, which kills the process when nobody handles it. Connected
  * WebSockets are separate resources and keep working, so we keep them and listen again.
  */
-import type { Logger } from "./log.ts";
+import type { Logger } from "../observe/log.ts";
 
 /** Descriptors kept free for everything but clients: NATS, files, the listener, Deno's own. */
 export function fdReserve(limit: number): number {

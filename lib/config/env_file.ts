@@ -21,7 +21,7 @@ export interface UnknownVariable {
   readonly closest: string;
 }
 
-/** A variable set somewhere that the gateway no longer reads (lib/settings.ts REMOVED_VARIABLES). */
+/** A variable set somewhere that the gateway no longer reads (lib/config/settings.ts REMOVED_VARIABLES). */
 export interface RemovedVariable {
   readonly name: string;
   readonly source: string;

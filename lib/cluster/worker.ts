@@ -1,9 +1,14 @@
-/** Entry point of one worker isolate (GATEWAY_WORKERS > 1); lib/cluster.ts supervises it. */
-import { errorMessage } from "./util.ts";
-import { type FromWorker, PUBLISH_INTERVAL_MS, STALE_AFTER_MS, type ToWorker } from "./cluster.ts";
-import { type Gateway, startGateway } from "./gateway.ts";
-import { type LocalState, type ProcessView, ReceivedState } from "./health.ts";
-import { createLogger, withFields } from "./log.ts";
+/** Entry point of one worker isolate (GATEWAY_WORKERS > 1); lib/cluster/supervisor.ts supervises it. */
+import { errorMessage } from "../util.ts";
+import {
+  type FromWorker,
+  PUBLISH_INTERVAL_MS,
+  STALE_AFTER_MS,
+  type ToWorker,
+} from "./supervisor.ts";
+import { type Gateway, startGateway } from "../gateway.ts";
+import { type LocalState, type ProcessView, ReceivedState } from "../observe/health.ts";
+import { createLogger, withFields } from "../observe/log.ts";
 
 /** The parts of a worker's global scope used here (typed without the deno.worker lib). */
 interface WorkerScope {

@@ -31,7 +31,7 @@ const utf8 = new TextEncoder();
  * route is behind, a topic without compressed clients) costs no compression.
  */
 export class Frames {
-  /** The exact published bytes as text (lib/payload.ts checked they are UTF-8). */
+  /** The exact published bytes as text (lib/relay/payload.ts checked they are UTF-8). */
   readonly text: string;
   /** UTF-8 size of `text`: what a text frame queues. */
   readonly textBytes: number;

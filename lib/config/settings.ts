@@ -1,14 +1,14 @@
 /**
  * Every setting the gateway reads, said once: its variable, default (written as one would set
  * it), parser, one-line help, group, whether it is a secret, and whether a newcomer needs it
- * (basic) or only someone tuning a deployment (tuning). lib/config.ts parses with it, lib/cli.ts
+ * (basic) or only someone tuning a deployment (tuning). lib/config/config.ts parses with it, lib/config/cli.ts
  * prints `--help` from it, scripts/gen_config_docs.ts writes docs/configuration.md from it.
- * Cross-setting checks (a durable consumer with workers, ...) live in lib/config.ts.
+ * Cross-setting checks (a durable consumer with workers, ...) live in lib/config/config.ts.
  */
-import { AuthConfigError, MIN_JWT_SECRET_BYTES, parseAllowedOrigins } from "./auth.ts";
+import { AuthConfigError, MIN_JWT_SECRET_BYTES, parseAllowedOrigins } from "../auth/auth.ts";
 import { ConfigError } from "./config_error.ts";
 import { redactUrl } from "./redact.ts";
-import { parseRoutes, type RouteSpec } from "./routes.ts";
+import { parseRoutes, type RouteSpec } from "../relay/route_table.ts";
 
 export type LogLevel = "debug" | "info" | "warn" | "error";
 
@@ -116,7 +116,7 @@ function adminListen(raw: string, name: string): AdminListen {
 /** The most isolates GATEWAY_WORKERS may ask for. */
 const MAX_WORKERS = 256;
 
-/** "auto" is resolved by lib/config.ts (it knows the CPU count): 0 here. */
+/** "auto" is resolved by lib/config/config.ts (it knows the CPU count): 0 here. */
 function workers(raw: string, name: string): number {
   if (raw.toLowerCase() === "auto") return 0;
   if (!INTEGER.test(raw)) {
@@ -155,7 +155,7 @@ function jwtSecret(raw: string, name: string): string {
   return raw;
 }
 
-/** GATEWAY_ALLOWED_ORIGINS: lib/auth.ts, which applies them, knows what an origin is. */
+/** GATEWAY_ALLOWED_ORIGINS: lib/auth/auth.ts, which applies them, knows what an origin is. */
 function origins(raw: string): readonly string[] {
   try {
     return Object.freeze(parseAllowedOrigins(raw));
@@ -178,7 +178,7 @@ function replicas(raw: string, name: string): number {
   return raw.toLowerCase() === "auto" ? 0 : integer(1, 5)(raw, name);
 }
 
-/** A typed table entry; `satisfies` below keeps each parser's type for lib/config.ts. */
+/** A typed table entry; `satisfies` below keeps each parser's type for lib/config/config.ts. */
 function setting<T>(entry: Setting<T>): Setting<T> {
   return entry;
 }
@@ -454,7 +454,7 @@ export const SETTINGS = {
   // 1 s: one TCP retransmission (Linux's minimum RTO is 200 ms) or a browser tab's hiccup must
   // not cost a client a snapshot, and a queue a second old is four snapshots at the 250 ms
   // cadence. Overload is not this bound's job: a route behind its stream sheds at the source
-  // (lib/route.ts MAX_BEHIND_MS). 100 ms lost readers' snapshots whenever a loaded machine
+  // (lib/relay/route.ts MAX_BEHIND_MS). 100 ms lost readers' snapshots whenever a loaded machine
   // stalled them (tests/load/isolation_test.ts in a parallel suite).
   GATEWAY_CLIENT_MAX_QUEUE_MS: setting({
     group: "Clients",

@@ -10,23 +10,23 @@ import type { NatsConnection } from "@nats-io/nats-core";
 import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
 import { Broadcaster, type ClientSocket, CloseCode } from "./broadcaster.ts";
 import type { LoopLag } from "./loop_lag.ts";
-import type { Config } from "./config.ts";
-import type { DeadLetters } from "./dead_letters.ts";
-import type { Logger } from "./log.ts";
-import { rateLimited } from "./log.ts";
-import type { GatewayMetrics, Labels } from "./metrics.ts";
-import { NatsUnavailableError } from "./nats/errors.ts";
-import { type BusMessage, SnapshotConsumer } from "./nats/consumer.ts";
-import { ask, ensureRelayedStream, isNotFound, newestSequence } from "./nats/streams.ts";
+import type { Config } from "../config/config.ts";
+import type { DeadLetters } from "../nats/dead_letters.ts";
+import type { Logger } from "../observe/log.ts";
+import { rateLimited } from "../observe/log.ts";
+import type { GatewayMetrics, Labels } from "../observe/metrics.ts";
+import { NatsUnavailableError } from "../nats/errors.ts";
+import { type BusMessage, SnapshotConsumer } from "../nats/consumer.ts";
+import { ask, ensureRelayedStream, isNotFound, newestSequence } from "../nats/streams.ts";
 import { checkPayload } from "./payload.ts";
-import { BehindWatch, FreshnessWatch, RelayProgress } from "./relay.ts";
-import type { RouteSpec, RouteTable } from "./routes.ts";
-import { delay, errorMessage } from "./util.ts";
+import { BehindWatch, FreshnessWatch, RelayProgress } from "./progress.ts";
+import type { RouteSpec, RouteTable } from "./route_table.ts";
+import { delay, errorMessage } from "../util.ts";
 import { setImmediate } from "node:timers";
 
 /**
  * How old (ms, the gateway's stalls not counted) a message may be when handled and still be
- * sent though newer ones are waiting (lib/relay.ts BehindWatch): under overload what clients
+ * sent though newer ones are waiting (lib/relay/progress.ts BehindWatch): under overload what clients
  * see is then at most about this old plus one fan-out (600 msg/s × 1,000 clients: `deno task
  * bench`, docs/performance.md).
  */

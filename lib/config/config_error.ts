@@ -1,6 +1,6 @@
 /**
  * The one error a bad configuration raises; main.ts turns it into exit code 2. Its own module so
- * lib/routes.ts (which lib/config.ts imports) can raise it without an import cycle.
+ * lib/relay/route_table.ts (which lib/config/config.ts imports) can raise it without an import cycle.
  */
 
 /** Raised when a variable holds a value the gateway cannot use. */

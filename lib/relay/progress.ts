@@ -114,7 +114,7 @@ export class FreshnessWatch {
  * A message's age is its relay delay (receipt time less its stream time) less two things that
  * are not the gateway falling behind: the clocks' offset, taken as the smallest delay seen over
  * the last `floorWindowMs` (the NATS server's clock and ours may differ by more than a message
- * takes), and the time the process was stalled meanwhile (lib/loop_lag.ts).
+ * takes), and the time the process was stalled meanwhile (lib/relay/loop_lag.ts).
  */
 export class BehindWatch {
   #floor = Infinity;

@@ -3,7 +3,7 @@
  * entries (GATEWAY_ROUTES) and matches a request's path to a route and its concrete subject.
  * Pure: no I/O, no NATS; the stream of a route without `@STREAM` is looked up at startup.
  */
-import { ConfigError } from "./config_error.ts";
+import { ConfigError } from "../config/config_error.ts";
 
 /** One configured route: `PATH=SUBJECT[@STREAM]`. */
 export interface RouteSpec {
@@ -19,7 +19,7 @@ export interface RouteSpec {
   readonly filterSubject: string;
 }
 
-/** GATEWAY_ROUTES when unset (lib/config.ts then adds today's explicit stream, LEVEL_SIGNALS). */
+/** GATEWAY_ROUTES when unset (lib/config/config.ts then adds today's explicit stream, LEVEL_SIGNALS). */
 export const DEFAULT_ROUTES = "/ws/stream=levels.signals";
 
 /**

@@ -7,10 +7,10 @@
  * socket gets one handler object for `open` and `close` (its `Tracked`) and one for `message`
  * (its `Session`), and sockets that never open are let go by one sweep timer, not one timer each.
  */
-import { type Broadcaster, type ClientSocket, CloseCode } from "./broadcaster.ts";
-import type { GatewayMetrics } from "./metrics.ts";
-import type { Refusal } from "./auth.ts";
-import type { Encoding } from "./compression.ts";
+import { type Broadcaster, type ClientSocket, CloseCode } from "../relay/broadcaster.ts";
+import type { GatewayMetrics } from "../observe/metrics.ts";
+import type { Refusal } from "../auth/auth.ts";
+import type { Encoding } from "../relay/compression.ts";
 
 /** The socket a session needs: a ClientSocket that also emits open/message/close events. */
 export type UpgradedSocket = ClientSocket & EventTarget;

@@ -1,12 +1,12 @@
 /**
- * Gateway configuration: the settings of lib/settings.ts (where each default is written, once)
+ * Gateway configuration: the settings of lib/config/settings.ts (where each default is written, once)
  * parsed from the environment, checked against each other, frozen. No I/O: files named here are
- * read when the modules that use them start (lib/auth.ts, lib/nats/connection.ts) and by
+ * read when the modules that use them start (lib/auth/auth.ts, lib/nats/connection.ts) and by
  * `--check-config` (lib/check_config.ts).
  */
 
 import { ConfigError } from "./config_error.ts";
-import { routeReceives, type RouteSpec } from "./routes.ts";
+import { routeReceives, type RouteSpec } from "../relay/route_table.ts";
 import { REDACTED, redactUrl } from "./redact.ts";
 import {
   ENV_VARIABLES,
@@ -18,12 +18,9 @@ import {
   type SettingValues,
 } from "./settings.ts";
 
-export { ConfigError, ENV_VARIABLES };
-export type { LogLevel };
-
 /**
  * What the rest of lib/ reads. Each field says the variable it comes from; what the variable
- * means and its default are in lib/settings.ts (and docs/configuration.md, made from it).
+ * means and its default are in lib/config/settings.ts (and docs/configuration.md, made from it).
  */
 export interface Config {
   /** Every setting as parsed (GATEWAY_WORKERS=auto resolved); describeConfig shows them. */
@@ -68,7 +65,7 @@ export interface Config {
   readonly adminHost: string;
   /** The PORT of GATEWAY_ADMIN_PORT; -1: none (the public port serves the admin endpoints). */
   readonly adminPort: number;
-  /** GATEWAY_ROUTES (lib/routes.ts). */
+  /** GATEWAY_ROUTES (lib/relay/route_table.ts). */
   readonly routes: readonly RouteSpec[];
   /** GATEWAY_ROUTE_MAX_VALUES. */
   readonly routeMaxValues: number;
@@ -102,9 +99,9 @@ export interface Config {
   readonly authTokens: readonly string[];
   /** GATEWAY_JWT_SECRET. A secret. */
   readonly jwtSecret: string;
-  /** GATEWAY_JWT_PUBLIC_KEY (read by lib/auth.ts when it starts). */
+  /** GATEWAY_JWT_PUBLIC_KEY (read by lib/auth/auth.ts when it starts). */
   readonly jwtPublicKeyPath: string;
-  /** GATEWAY_JWT_JWKS (read by lib/auth.ts when it starts). */
+  /** GATEWAY_JWT_JWKS (read by lib/auth/auth.ts when it starts). */
   readonly jwtJwksPath: string;
   /** GATEWAY_JWT_AUDIENCE; "" not checked. */
   readonly jwtAudience: string;
@@ -292,7 +289,7 @@ export function authConfigured(config: Config): boolean {
 }
 
 /**
- * The effective settings, one entry per variable of lib/settings.ts as one would set it:
+ * The effective settings, one entry per variable of lib/config/settings.ts as one would set it:
  * what `--check-config` prints and the startup `configuration` line logs. A secret that is set
  * shows as [REDACTED]; NATS_URL with its credentials redacted.
  */

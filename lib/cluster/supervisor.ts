@@ -1,5 +1,5 @@
 /**
- * GATEWAY_WORKERS > 1: the main isolate supervises that many workers (lib/worker.ts), each a
+ * GATEWAY_WORKERS > 1: the main isolate supervises that many workers (lib/cluster/worker.ts), each a
  * whole gateway — its own NATS consumer, cache and clients — on one shared port
  * (SO_REUSEPORT: the kernel spreads new connections across them). The supervisor starts and
  * stops them, and relays state: each worker publishes its health and metrics, the supervisor
@@ -7,11 +7,12 @@
  * /metrics for the whole process from a local copy, with no round trip per request. It holds
  * no sockets itself.
  */
-import type { Config } from "./config.ts";
-import { checkPortsFree, type InstanceReport, type RunningGateway } from "./gateway.ts";
-import { type ProcessState, WorkerStates } from "./health.ts";
-import type { Logger } from "./log.ts";
-import { checkPermissions } from "./permissions.ts";
+import type { Config } from "../config/config.ts";
+import { checkPortsFree, type RunningGateway } from "../gateway.ts";
+import type { InstanceReport } from "../observe/health.ts";
+import { type ProcessState, WorkerStates } from "../observe/health.ts";
+import type { Logger } from "../observe/log.ts";
+import { checkPermissions } from "../config/permissions.ts";
 
 /** Supervisor → worker. */
 export type ToWorker =

@@ -5,7 +5,7 @@
 
 /** The args of the `start` task after `deno`, e.g. ["run", …, "scripts/start.ts"]. */
 export async function startTaskArgs(): Promise<string[]> {
-  const config = JSON.parse(await Deno.readTextFile(new URL("../../deno.json", import.meta.url)));
+  const config = JSON.parse(await Deno.readTextFile(new URL("../deno.json", import.meta.url)));
   const [deno, ...args] = (config.tasks.start as string).split(/\s+/);
   if (deno !== "deno") throw new Error(`start task does not run deno: ${config.tasks.start}`);
   return args;
@@ -83,7 +83,7 @@ export class GatewayProcess implements AsyncDisposable {
       ]];
     const child = new Deno.Command(command, {
       args: commandArgs,
-      cwd: new URL("../..", import.meta.url).pathname,
+      cwd: new URL("..", import.meta.url).pathname,
       env: {
         PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
         GATEWAY_HOST: "127.0.0.1",

@@ -1,24 +1,21 @@
 /**
- * HTTP routing: the configured routes' upgrades (lib/routes.ts), `/health`, `/livez`,
+ * HTTP routing: the configured routes' upgrades (lib/relay/route_table.ts), `/health`, `/livez`,
  * `/readyz`, `/metrics` and `/client.js`. With an admin port, the public listener serves the
  * routes, `/livez` and `/client.js`, the admin one the rest. `createHandler` returns a plain
  * `(Request) => Response`, so tests call it in-process.
  */
 import { CLIENT_JS } from "./client_bundle.ts";
-import { Authenticator, type AuthOutcome, OriginPolicy, selectProtocol } from "./auth.ts";
-import type { Broadcaster } from "./broadcaster.ts";
-import { type Encoding, ENCODINGS, parseEncoding } from "./compression.ts";
-import type { Logger } from "./log.ts";
-import { rateLimited } from "./log.ts";
-import type { GatewayMetrics } from "./metrics.ts";
-import type { HealthReport } from "./health.ts";
-import { parseRoutes, type RouteMatch, RouteTable } from "./routes.ts";
+import { Authenticator, type AuthOutcome, OriginPolicy, selectProtocol } from "../auth/auth.ts";
+import type { Broadcaster } from "../relay/broadcaster.ts";
+import { type Encoding, ENCODINGS, parseEncoding } from "../relay/compression.ts";
+import type { Logger } from "../observe/log.ts";
+import { rateLimited } from "../observe/log.ts";
+import type { GatewayMetrics } from "../observe/metrics.ts";
+import type { HealthReport } from "../observe/health.ts";
+import { parseRoutes, type RouteMatch, RouteTable } from "../relay/route_table.ts";
 import { refuseSession, Sessions, startSession, type UpgradedSocket } from "./session.ts";
 
-// Moved to lib/health.ts; re-exported so importers of server.ts keep working.
-export type { HealthReport, WorkerHealth } from "./health.ts";
-
-export type { UpgradedSocket } from "./session.ts";
+// Moved to lib/observe/health.ts; re-exported so importers of server.ts keep working.
 
 export type Upgrade = (
   request: Request,
@@ -40,7 +37,7 @@ export interface HandlerDeps {
   ) => Broadcaster | undefined | Promise<Broadcaster | undefined>;
   /** The one route's client set when `table` is not given (tests). */
   readonly broadcaster?: Broadcaster;
-  /** The live viewer page served at `/` (lib/viewer_page.ts); undefined: `/` is 404. */
+  /** The live viewer page served at `/` (lib/http/viewer_page.ts); undefined: `/` is 404. */
   readonly viewerPage?: string;
   /** Which endpoints this listener serves: all (default), the public ones, or the admin ones. */
   readonly serve?: "all" | "public" | "admin";
@@ -194,7 +191,7 @@ const connectionLimitReached = () =>
 /**
  * One listener's routing. It owns what every request shares (the sessions, the authenticator,
  * the origin policy, the route table, the rate-limited loggers); each client, once upgraded, is
- * a session of its own (lib/session.ts).
+ * a session of its own (lib/http/session.ts).
  */
 class HttpRouter {
   readonly #deps: HandlerDeps;

@@ -3,9 +3,9 @@
  * into the process's: the supervisor keeps each worker's latest published state in
  * `WorkerStates`; each worker answers from the combined copy it last received (`ProcessView`).
  */
-import type { RouteHealth } from "./route.ts";
+import type { RouteHealth } from "../relay/route.ts";
 import { type MetricSnapshot, renderMetrics } from "./metrics.ts";
-import { VERSION } from "./version.ts";
+import { VERSION } from "../version.ts";
 
 /** One isolate's state, plain data: what /health and /metrics combine across workers. */
 export interface InstanceReport {
@@ -26,7 +26,7 @@ export interface HealthReport {
   readonly uptime_s: number;
   /** The NATS server this gateway is connected to now (redacted). */
   readonly nats_server?: string;
-  /** Every route: healthy only when each is (lib/route.ts). */
+  /** Every route: healthy only when each is (lib/relay/route.ts). */
   readonly routes?: readonly RouteHealth[];
   /** With GATEWAY_WORKERS > 1: each worker's own view; the fields above combine them. */
   readonly workers?: readonly WorkerHealth[];
