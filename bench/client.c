@@ -1,10 +1,14 @@
 // Compiled load client for `deno task bench` (BENCH_CLIENT=c): N WebSocket connections on one
 // epoll loop, so the client is not the bottleneck when a relay delivers 100k+ frames/s.
-// Usage: client PORT N. Commands on stdin, one per line:
+// Usage: client PORT N [PATH] (PATH default /ws/stream; e.g. /ws/stream?encoding=deflate-raw).
+// Commands on stdin, one per line:
 //   stats  -> prints one JSON line with counters and latency percentiles since the last stats
 //   count  -> prints {"received":N}: frames since the last stats, without resetting anything
 //   quit   -> exits
-// Each text frame is expected to start with {"seq":N,"pub_us":T (T in µs, CLOCK_REALTIME).
+// Each text frame is expected to start with {"seq":N,"pub_us":T (T in µs, CLOCK_REALTIME); a
+// binary frame is raw DEFLATE of such a text: only its first bytes are inflated, to read the two
+// numbers (zlib; built with -DNO_ZLIB binary frames are counted but not timed). `bytes` counts
+// every data frame's payload as it came over the wire.
 // All N connects start at once (non-blocking), as in a reconnect storm; each connection times
 // its first frame (the cached snapshot) from the start of its connect, which is what a user sees
 // as a blank screen, and from its 101 (both reported by stats).
@@ -22,6 +26,9 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#ifndef NO_ZLIB
+#include <zlib.h>
+#endif
 
 #define BUF (1 << 20)
 #define MAX_LAT (1 << 24)
@@ -37,7 +44,7 @@ typedef struct {
 
 static conn_t *conns;
 static int n_conns;
-static long long received, gaps, out_of_order, closed_count;
+static long long received, gaps, out_of_order, closed_count, bytes_in, binary_frames;
 static float *lat;
 static size_t n_lat;
 
@@ -67,9 +74,7 @@ static void send_masked(int fd, int opcode, const unsigned char *payload, size_t
   (void)!write(fd, frame, 6 + n);
 }
 
-static void on_text(conn_t *c, const unsigned char *p, size_t n) {
-  double t = now_us_real();
-  if (c->first_ms == 0) c->first_ms = now_ms();
+static void on_text(conn_t *c, const unsigned char *p, size_t n, double t) {
   // {"seq":123,"pub_us":1234567890123456
   if (n < 20 || memcmp(p, "{\"seq\":", 7) != 0) return;
   size_t i = 7;
@@ -86,6 +91,28 @@ static void on_text(conn_t *c, const unsigned char *p, size_t n) {
   c->last_seq = seq;
   received++;
   if (n_lat < MAX_LAT) lat[n_lat++] = (float)((t - pub) / 1000.0);
+}
+
+#ifndef NO_ZLIB
+static z_stream inflater; // one for all: each frame is inflated at once, from its start
+#endif
+
+/** A binary frame: inflates only the start of its raw DEFLATE (enough for seq and pub_us). */
+static void on_binary(conn_t *c, unsigned char *p, size_t n, double t) {
+#ifndef NO_ZLIB
+  unsigned char head[64];
+  inflateReset(&inflater);
+  inflater.next_in = p;
+  inflater.avail_in = (uInt)n;
+  inflater.next_out = head;
+  inflater.avail_out = sizeof head;
+  int rc = inflate(&inflater, Z_SYNC_FLUSH);
+  if (rc != Z_OK && rc != Z_STREAM_END && rc != Z_BUF_ERROR) return;
+  on_text(c, head, sizeof head - inflater.avail_out, t);
+#else
+  (void)c, (void)p, (void)n, (void)t;
+  received++; // counted, neither timed nor checked for gaps
+#endif
 }
 
 static void parse_frames(conn_t *c) {
@@ -106,7 +133,16 @@ static void parse_frames(conn_t *c) {
     }
     if (c->len - off < hdr + plen) break;
     unsigned char *payload = f + hdr;
-    if (opcode == 1) on_text(c, payload, plen);
+    if (opcode == 1 || opcode == 2) {
+      double t = now_us_real();
+      if (c->first_ms == 0) c->first_ms = now_ms();
+      bytes_in += plen;
+      if (opcode == 1) on_text(c, payload, plen, t);
+      else {
+        binary_frames++;
+        on_binary(c, payload, plen, t);
+      }
+    }
     else if (opcode == 9) send_masked(c->fd, 0xA, payload, plen); // ping -> pong
     else if (opcode == 8) { // close: echo and stop
       send_masked(c->fd, 0x8, payload, plen < 2 ? plen : 2);
@@ -158,35 +194,40 @@ static void print_stats(void) {
   }
   qsort(snap, ns, sizeof(float), cmp_float);
   qsort(first, nf, sizeof(float), cmp_float);
-  printf("{\"received\":%lld,\"gaps\":%lld,\"outOfOrder\":%lld,\"open\":%lld,\"closed\":%lld,"
+  printf("{\"received\":%lld,\"bytes\":%lld,\"binary\":%lld,\"gaps\":%lld,\"outOfOrder\":%lld,"
+         "\"open\":%lld,\"closed\":%lld,"
          "\"latency\":{\"count\":%zu,\"p50\":%.3f,\"p99\":%.3f,\"p999\":%.3f,\"max\":%.3f},"
          "\"snapshot\":{\"count\":%zu,\"p50\":%.3f,\"p99\":%.3f},"
          "\"first\":{\"count\":%zu,\"p50\":%.3f,\"p99\":%.3f,\"max\":%.3f}}\n",
-         received, gaps, out_of_order, open_now, closed_count, n_lat, p50, p99, p999, max, ns,
+         received, bytes_in, binary_frames, gaps, out_of_order, open_now, closed_count, n_lat, p50, p99, p999, max, ns,
          ns ? snap[(size_t)(ns * 0.5)] : -1, ns ? snap[(size_t)(ns * 0.99)] : -1, nf,
          nf ? first[(size_t)(nf * 0.5)] : -1, nf ? first[(size_t)(nf * 0.99)] : -1,
          nf ? first[nf - 1] : -1);
   fflush(stdout);
   free(snap);
   free(first);
-  received = gaps = out_of_order = 0;
+  received = bytes_in = binary_frames = gaps = out_of_order = 0;
   n_lat = 0;
 }
 
 int main(int argc, char **argv) {
-  if (argc < 3) { fprintf(stderr, "usage: client PORT N\n"); return 2; }
+  if (argc < 3) { fprintf(stderr, "usage: client PORT N [PATH]\n"); return 2; }
   int port = atoi(argv[1]);
   n_conns = atoi(argv[2]);
+  const char *path = argc > 3 ? argv[3] : "/ws/stream";
+#ifndef NO_ZLIB
+  if (inflateInit2(&inflater, -15) != Z_OK) { fprintf(stderr, "inflateInit2 failed\n"); return 1; }
+#endif
   conns = calloc(n_conns, sizeof(conn_t));
   lat = malloc(sizeof(float) * MAX_LAT);
   int ep = epoll_create1(0);
   struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
   inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
-  char req[256];
+  char req[512];
   int reqlen = snprintf(req, sizeof req,
-                        "GET /ws/stream HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+                        "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
                         "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                        "Sec-WebSocket-Version: 13\r\n\r\n", port);
+                        "Sec-WebSocket-Version: 13\r\n\r\n", path, port);
   for (int i = 0; i < n_conns; i++) {
     conn_t *c = &conns[i];
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);

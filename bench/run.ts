@@ -3,7 +3,9 @@
  * Bun.serve pub/sub), same clients, same run. Relays are pinned to CPU 0; this process
  * (publisher + load clients) and nats-server to CPU 1 (the task runs it under `taskset -c 1`).
  * Options are listed in bench/README.md. Results: a table, the ratios of bench/README.md's
- * targets on stdout, and JSON in bench/results/<timestamp>.json.
+ * targets on stdout, and JSON in bench/results/<timestamp>.json. The `encodings` scenario runs
+ * text and compressed (`?encoding=deflate-raw`) clients, one after the other, on the
+ * publisher's snapshots (docs/performance.md).
  */
 import { connect } from "../lib/nats/transport.ts";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
@@ -11,6 +13,7 @@ import { ensureStreams } from "../lib/nats/streams.ts";
 import { createLogger } from "../lib/observe/log.ts";
 import { NatsServer } from "../tools/nats_server.ts";
 import { levelsSignal } from "../tools/signals.ts";
+import { SyntheticMarket } from "../scripts/publisher.ts";
 
 const env = Deno.env.toObject();
 const quick = env.BENCH_QUICK === "1";
@@ -21,7 +24,15 @@ const STEP_SECONDS = Number(env.BENCH_STEP_SECONDS ?? (quick ? 2 : 4));
 const RATES = (env.BENCH_RATES ?? "25,50,100,150,200,300,400,600,800").split(",").map(Number);
 const RELAYS = (env.BENCH_RELAYS ?? "gateway,deno,node,bun").split(",");
 /** Which parts run after the connect burst (always run), in this order. */
-const SCENARIOS = new Set((env.BENCH_SCENARIOS ?? "fixed,steps,overload").split(","));
+const SCENARIOS = new Set((env.BENCH_SCENARIOS ?? "fixed,steps,overload,encodings").split(","));
+/** `encodings`: the gateway's client encodings compared (reference relays: text only). */
+const ENCODINGS = (env.BENCH_ENCODINGS ?? "text,deflate-raw").split(",");
+/** `encodings`: the fixed rate (msg/s, N_SMALL clients, BENCH_FIXED_SECONDS) well inside capacity. */
+const ENCODING_RATE = Number(env.BENCH_ENCODING_RATE ?? 30);
+/** `encodings`: how many times the encodings run, alternating (figures move between runs). */
+const ENCODING_ROUNDS = Number(env.BENCH_ENCODING_ROUNDS ?? 1);
+/** `encodings` capacity: the highest step with at least this share delivered (and p99 ≤ 250 ms). */
+const CAPACITY_DELIVERED = 0.99;
 /** Publish rate of the overload scenario (beyond what one core delivers to N_SMALL clients). */
 const OVERLOAD_RATE = Number(env.BENCH_OVERLOAD_RATE ?? 600);
 /** `c` (bench/client.c, the default where `cc` exists) or `js` (Deno WebSockets). */
@@ -251,12 +262,26 @@ class Publisher {
   seq = 0;
   inFlight = 0;
   failed = 0;
+  /**
+   * `levels`: tools/signals.ts's 8.3 KB snapshots (the figures of bench/README.md);
+   * `market`: scripts/publisher.ts's ~6.8 KB ones (what compression is measured on), both led
+   * by the `seq` and `pub_us` the load clients read.
+   */
+  payload: "levels" | "market" = "levels";
+  readonly #market = new SyntheticMarket();
   constructor(readonly js: ReturnType<typeof jetstream>) {}
+
+  #next(seq: number): string {
+    const publishedUs = Math.round(nowUs());
+    if (this.payload === "levels") return levelsSignal(seq, publishedUs);
+    const snapshot = JSON.stringify(this.#market.next());
+    return `{"seq":${seq},"pub_us":${publishedUs},${snapshot.slice(1)}`;
+  }
 
   publishOne(): void {
     const seq = ++this.seq;
     this.inFlight++;
-    this.js.publish("levels.signals", levelsSignal(seq, Math.round(nowUs())))
+    this.js.publish("levels.signals", this.#next(seq))
       .catch(() => this.failed++)
       .finally(() => this.inFlight--);
   }
@@ -348,14 +373,24 @@ async function fixedRate(
 
 type Step = Awaited<ReturnType<typeof fixedRate>>;
 
-/** Raises the rate through RATES until p99 > 250 ms or any loss; the last good deliveries/s. */
-async function stepUp(name: string, runStep: (rate: number) => Promise<Step>) {
+/** No loss, p99 ≤ 250 ms: the step scenario's bar. */
+const noLoss = (step: Step) =>
+  step.received === step.expected && step.gaps === 0 && step.latencyMs.p99 <= P99_LIMIT_MS;
+
+/**
+ * Raises the rate through RATES until a step fails `passes` (default: p99 > 250 ms or any loss);
+ * the last good deliveries/s.
+ */
+async function stepUp(
+  name: string,
+  runStep: (rate: number) => Promise<Step>,
+  passes: (step: Step) => boolean = noLoss,
+) {
   const steps = [];
   let maxDeliveriesPerSecond = 0;
   for (const rate of RATES) {
     const step = await runStep(rate);
-    const ok = step.received === step.expected && step.gaps === 0 &&
-      step.latencyMs.p99 <= P99_LIMIT_MS;
+    const ok = passes(step);
     steps.push({ ...step, ok });
     console.error(
       `${name}: ${rate} msg/s → ${Math.round(step.deliveriesPerSecond)} deliveries/s, p99 ${
@@ -411,6 +446,7 @@ async function benchRelay(name: string, natsUrl: string, publisher: Publisher) {
     const small = big.slice(0, N_SMALL);
     await runLoadScenarios(name, relay, result, (rate, seconds) => run(small, rate, seconds));
     await closeClients(small);
+    if (SCENARIOS.has("encodings")) console.error(`${name}: encodings: needs BENCH_CLIENT=c`);
   } finally {
     await stopRelay(relay);
   }
@@ -452,6 +488,10 @@ async function runLoadScenarios(
 // ---------- compiled load client (BENCH_CLIENT=c) ----------
 interface CStats {
   received: number;
+  /** Payload bytes of every data frame, as received. */
+  bytes: number;
+  /** Binary (compressed) frames among them. */
+  binary: number;
   gaps: number;
   outOfOrder: number;
   open: number;
@@ -470,10 +510,9 @@ class CClient {
   readonly #lines: ReadableStreamDefaultReader<string>;
   #buffer = "";
 
-  constructor(binary: string, port: number, n: number, cpu?: number) {
-    const command = cpu === undefined
-      ? [binary, String(port), String(n)]
-      : ["taskset", "-c", String(cpu), binary, String(port), String(n)];
+  constructor(binary: string, port: number, n: number, cpu?: number, path = "/ws/stream") {
+    const args = [binary, String(port), String(n), path];
+    const command = cpu === undefined ? args : ["taskset", "-c", String(cpu), ...args];
     this.child = new Deno.Command(command[0], {
       args: command.slice(1),
       stdin: "piped",
@@ -527,12 +566,12 @@ class CClient {
 class CClientGroup {
   readonly clients: CClient[];
 
-  constructor(binary: string, port: number, n: number) {
+  constructor(binary: string, port: number, n: number, path?: string) {
     const procs = Math.max(1, Math.min(CLIENT_PROCS, n));
     this.clients = Array.from({ length: procs }, (_, i) => {
       const share = Math.floor(n / procs) + (i < n % procs ? 1 : 0);
       const cpu = CLIENT_CPUS.length ? CLIENT_CPUS[i % CLIENT_CPUS.length] : undefined;
-      return new CClient(binary, port, share, cpu);
+      return new CClient(binary, port, share, cpu, path);
     });
   }
 
@@ -546,6 +585,8 @@ class CClientGroup {
     const worst = (f: (s: CStats) => number) => Math.max(...all.map(f));
     return {
       received: sum((s) => s.received),
+      bytes: sum((s) => s.bytes),
+      binary: sum((s) => s.binary),
       gaps: sum((s) => s.gaps),
       outOfOrder: sum((s) => s.outOfOrder),
       open: sum((s) => s.open),
@@ -590,10 +631,13 @@ async function buildCClient(): Promise<string> {
   if (env.BENCH_CLIENT_BIN) return env.BENCH_CLIENT_BIN;
   const output = `${root}bench/results/client`;
   await Deno.mkdir(`${root}bench/results`, { recursive: true });
-  const { success } = await new Deno.Command("cc", {
-    args: ["-O2", "-o", output, `${root}bench/client.c`],
-  }).spawn().status;
-  if (!success) throw new Error("cannot compile bench/client.c (needs cc)");
+  const build = (args: string[]) =>
+    new Deno.Command("cc", { args: ["-O2", "-o", output, `${root}bench/client.c`, ...args] })
+      .spawn().status.then((status) => status.success);
+  if (await build(["-lz"])) return output;
+  // Without zlib (apt-get install zlib1g-dev) compressed frames are counted but not timed.
+  console.error("bench/client.c built without zlib: compressed frames are not timed");
+  if (!(await build(["-DNO_ZLIB"]))) throw new Error("cannot compile bench/client.c (needs cc)");
   return output;
 }
 
@@ -619,6 +663,7 @@ async function fixedRateC(
   }
   const total = await client.stats();
   const elapsed = (performance.now() - t0) / 1000;
+  const relayCpuSeconds = cpuSeconds(relay.pid) - relayCpu0;
   return {
     rate,
     clients,
@@ -628,7 +673,12 @@ async function fixedRateC(
     outOfOrder: total.outOfOrder,
     deliveriesPerSecond: total.received / seconds,
     latencyMs: total.latency,
-    relayCpu: (cpuSeconds(relay.pid) - relayCpu0) / elapsed,
+    /** Payload bytes per frame received (compressed frames as sent). */
+    bytesPerDelivery: total.bytes / total.received,
+    binaryFrames: total.binary,
+    /** The relay's CPU (user + system, 10 ms ticks) per frame received, NATS side included. */
+    relayCpuUsPerDelivery: (relayCpuSeconds * 1e6) / total.received,
+    relayCpu: relayCpuSeconds / elapsed,
     // The busiest client process: near 1.0 means the load client, not the relay, is the limit.
     clientCpu: Math.max(...client.cpuSeconds().map((cpu, i) => (cpu - clientCpu0[i]) / elapsed)),
     relayRssMb: rssMb(relay.pid),
@@ -676,10 +726,73 @@ async function benchRelayC(name: string, natsUrl: string, publisher: Publisher, 
       (rate, seconds) => fixedRateC(relay, publisher, small, N_SMALL, rate, seconds),
     );
     await small.quit();
+    if (SCENARIOS.has("encodings")) {
+      result.encodings = await encodingScenarios(name, relay, publisher, binary);
+    }
   } finally {
     await stopRelay(relay);
   }
   return result;
+}
+
+type EncodingStep = Awaited<ReturnType<typeof fixedRateC>>;
+
+/**
+ * The publisher's snapshots to N_SMALL clients of each encoding in turn (a reference relay: text
+ * only; it ignores the query): ENCODING_RATE msg/s for FIXED_SECONDS, then the steps, where
+ * capacity is the highest step with ≥ 99% delivered and p99 ≤ 250 ms (issue 22).
+ */
+async function encodingScenarios(
+  name: string,
+  relay: Relay,
+  publisher: Publisher,
+  binary: string,
+) {
+  const encodings = relay.kind === "gateway" ? ENCODINGS : ["text"];
+  const runs: Record<string, { fixed: EncodingStep; steps: unknown[]; capacity: number }[]> = {};
+  publisher.payload = "market";
+  try {
+    for (let round = 0; round < ENCODING_ROUNDS; round++) {
+      for (const encoding of encodings) {
+        const label = `${name} ${encoding}`;
+        const clients = new CClientGroup(
+          binary,
+          relay.port,
+          N_SMALL,
+          `/ws/stream?encoding=${encoding}`,
+        );
+        await clients.ready();
+        const deadline = performance.now() + 10_000;
+        while ((await clients.stats()).first.count < N_SMALL && performance.now() < deadline) {
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        const run = (rate: number, seconds: number) =>
+          fixedRateC(relay, publisher, clients, N_SMALL, rate, seconds);
+        const fixed = await run(ENCODING_RATE, FIXED_SECONDS);
+        console.error(
+          `${label}: ${ENCODING_RATE} msg/s × ${N_SMALL}: ${
+            fixed.bytesPerDelivery.toFixed(0)
+          } B/delivery, relay ${fixed.relayCpuUsPerDelivery.toFixed(2)} µs CPU/delivery, p99 ${
+            fixed.latencyMs.p99.toFixed(1)
+          } ms, ${fixed.received}/${fixed.expected}`,
+        );
+        const { steps, maxDeliveriesPerSecond } = await stepUp(
+          label,
+          (rate) => run(rate, STEP_SECONDS),
+          (step) =>
+            step.received >= CAPACITY_DELIVERED * step.expected &&
+            step.latencyMs.p99 <= P99_LIMIT_MS,
+        );
+        await clients.quit();
+        (runs[encoding] ??= []).push({ fixed, steps, capacity: maxDeliveriesPerSecond });
+        // Let the relay see the clients go and empty its queues before the next encoding.
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    }
+  } finally {
+    publisher.payload = "levels";
+  }
+  return runs;
 }
 
 function fmt(n: unknown, digits = 1): string {
@@ -824,6 +937,89 @@ function printRatios(results: R[]): void {
   }
 }
 
+/** The median of each figure over an encoding's rounds. */
+function encodingFigures(runs: R[] | undefined) {
+  if (!runs?.length) return undefined;
+  const median = (f: (run: R) => number) => {
+    const values = runs.map(f).sort((a, b) => a - b);
+    const middle = (values.length - 1) / 2;
+    return (values[Math.floor(middle)] + values[Math.ceil(middle)]) / 2;
+  };
+  return {
+    bytesPerDelivery: median((r) => r.fixed.bytesPerDelivery),
+    relayCpuUsPerDelivery: median((r) => r.fixed.relayCpuUsPerDelivery),
+    p99: median((r) => r.fixed.latencyMs.p99),
+    delivered: median((r) => r.fixed.received / r.fixed.expected),
+    capacity: median((r) => r.capacity),
+  };
+}
+
+/** The `encodings` scenario: a table per relay and encoding, then issue 22's targets. */
+function printEncodings(results: R[]): void {
+  const rows = results.filter((r) => r.encodings).flatMap((r) =>
+    Object.entries(r.encodings as Record<string, R[]>).map(([encoding, runs]) => ({
+      relay: r.relay as string,
+      encoding,
+      rounds: runs.length,
+      ...encodingFigures(runs)!,
+    }))
+  );
+  if (rows.length === 0) return;
+  console.log(
+    `\n| relay | encoding | B/delivery (${ENCODING_RATE} msg/s × ${N_SMALL}) | relay CPU µs/delivery | p99 ms | delivered | capacity deliveries/s (≥99%, p99≤250) |`,
+  );
+  console.log("|---|---|---|---|---|---|---|");
+  for (const row of rows) {
+    console.log(
+      `| ${row.relay} | ${row.encoding} | ${fmt(row.bytesPerDelivery, 0)} | ${
+        fmt(row.relayCpuUsPerDelivery, 2)
+      } | ${fmt(row.p99)} | ${fmt(100 * row.delivered, 2)}% | ${fmt(row.capacity, 0)} |`,
+    );
+  }
+  const find = (kind: string, encoding: string) =>
+    rows.find((row) => row.relay.replace(/[:@+].*$/, "") === kind && row.encoding === encoding);
+  for (
+    const plain of rows.filter((row) => row.relay.startsWith("gateway") && row.encoding === "text")
+  ) {
+    const compressed = rows.find((row) => row.relay === plain.relay && row.encoding !== "text");
+    const ratio = (f: (row: typeof plain) => number, other: typeof plain | undefined) =>
+      other ? f(other) / f(plain) : NaN;
+    const check = (what: string, value: number, ok: (v: number) => boolean) =>
+      console.log(
+        `target ${plain.relay}: ${what}: ${fmt(value, 2)} ${
+          Number.isFinite(value) ? ok(value) ? "met" : "NOT met" : "not measured"
+        }`,
+      );
+    check(
+      "compressed bytes/delivery ≤ 0.30 × plain",
+      ratio((row) => row.bytesPerDelivery, compressed),
+      (v) => v <= 0.3,
+    );
+    check(
+      "relay CPU/delivery compressed ≤ 0.85 × plain",
+      ratio((row) => row.relayCpuUsPerDelivery, compressed),
+      (v) => v <= 0.85,
+    );
+    check(
+      "capacity compressed ≥ 1.2 × plain",
+      ratio((row) => row.capacity, compressed),
+      (v) => v >= 1.2,
+    );
+    for (const kind of ["deno", "bun"]) {
+      const ref = find(kind, "text");
+      const refCapacity = ref ? ref.capacity : NaN;
+      console.log(
+        `ratio ${plain.relay}/${kind} capacity: plain ${
+          fmt(plain.capacity / refCapacity, 2)
+        }, compressed ${fmt((compressed?.capacity ?? NaN) / refCapacity, 2)}`,
+      );
+      if (kind === "deno") {
+        check(`plain capacity ≥ ${kind}'s`, plain.capacity / refCapacity, (v) => v >= 1);
+      }
+    }
+  }
+}
+
 if (import.meta.main) {
   await using nats = await NatsServer.start();
   const nc = await connect({ servers: nats.url });
@@ -848,9 +1044,21 @@ if (import.meta.main) {
   await nc.close();
   printTable(results);
   printRatios(results);
+  printEncodings(results);
   await Deno.mkdir(`${root}bench/results`, { recursive: true });
   const file = `${root}bench/results/${new Date().toISOString().replace(/[:.]/g, "-")}.json`;
-  const config = { N_SMALL, N_BIG, FIXED_SECONDS, STEP_SECONDS, RATES, OVERLOAD_RATE, CLIENT };
+  const config = {
+    N_SMALL,
+    N_BIG,
+    FIXED_SECONDS,
+    STEP_SECONDS,
+    RATES,
+    OVERLOAD_RATE,
+    CLIENT,
+    ENCODINGS,
+    ENCODING_RATE,
+    ENCODING_ROUNDS,
+  };
   await Deno.writeTextFile(
     file,
     JSON.stringify({ date: new Date().toISOString(), config, results }, null, 2),
