@@ -4,7 +4,7 @@
  * `WorkerStates`; each worker answers from the combined copy it last received (`ProcessView`).
  */
 import type { RouteHealth } from "../relay/route.ts";
-import { type MetricSnapshot, renderMetrics } from "./metrics.ts";
+import { type MetricSnapshot, renderMetrics } from "./registry.ts";
 import { VERSION } from "../version.ts";
 
 /** One isolate's state, plain data: what /health and /metrics combine across workers. */

@@ -5,15 +5,15 @@
  */
 import assert from "node:assert/strict";
 import parsePrometheusTextFormat from "parse-prometheus-text-format";
+import { GatewayMetrics } from "../../lib/observe/metrics.ts";
 import {
   Counter,
-  GatewayMetrics,
   Gauge,
   Histogram,
   Info,
   type MetricSnapshot,
   renderMetrics,
-} from "../../lib/observe/metrics.ts";
+} from "../../lib/observe/registry.ts";
 import { OpenFdCounter } from "../../lib/observe/process_metrics.ts";
 import type { Family } from "../helpers/metrics.ts";
 
