@@ -3,7 +3,6 @@
  * `Route` per configured route (lib/relay/route.ts), each with its own consumer, caches and clients.
  */
 import type { NatsConnection } from "@nats-io/nats-core";
-import { jetstreamManager } from "@nats-io/jetstream";
 import { Authenticator } from "./auth/auth.ts";
 import { CloseCode } from "./relay/broadcaster.ts";
 import type { Config } from "./config/config.ts";
@@ -11,25 +10,24 @@ import { DeadLetters } from "./nats/dead_letters.ts";
 import {
   connectionCap,
   effectiveBacklog,
-  LISTEN_BACKLOG,
   readFdLimit,
   type ResilientServer,
-  serveResilient,
+  serveHttp,
 } from "./http/listener.ts";
+import { checkPortsFree } from "./http/ports.ts";
 import type { HealthReport, InstanceReport, LocalState, ProcessView } from "./observe/health.ts";
 import { createLogger, type Logger } from "./observe/log.ts";
 import { LoopLag } from "./relay/loop_lag.ts";
 import { GatewayMetrics } from "./observe/metrics.ts";
-import { connectNats } from "./nats/connection.ts";
-import { NatsUnavailableError } from "./nats/errors.ts";
-import { findStream, platformStreamFor, setUpStreams, StreamSetupError } from "./nats/streams.ts";
+import { connectGatewayNats, resolveStreams } from "./nats/setup.ts";
+import { type NatsWatch, watchNats } from "./nats/watch.ts";
 import { checkPermissions } from "./config/permissions.ts";
 import { redactUrl } from "./config/redact.ts";
 import { Route } from "./relay/route.ts";
 import { type RouteSpec, RouteTable } from "./relay/route_table.ts";
 import { createHandler, type HandlerDeps } from "./http/router.ts";
 import { Sessions } from "./http/session.ts";
-import { delay, errorMessage } from "./util.ts";
+import { delay } from "./util.ts";
 import { VERSION } from "./version.ts";
 import { viewerHtml } from "./http/viewer_page.ts";
 
@@ -90,7 +88,7 @@ export async function startGateway(
   await checkPermissions(config);
   // A taken port is reported with its address before NATS is contacted or anything created.
   if (!options.reusePort) checkPortsFree(config);
-  const nc = await connect(config, logger);
+  const nc = await connectGatewayNats(config, logger);
   const gateway = new RunningInstance(config, options, logger, nc);
   try {
     await gateway.start();
@@ -318,184 +316,4 @@ function hostPort(addr: Deno.NetAddr): string {
 
 function viewerRoute(spec: RouteSpec) {
   return { path: spec.path, subject: spec.subject, templated: spec.param !== null };
-}
-
-/**
- * Binds and releases each configured port, so a taken one is reported with its address before
- * anything else happens (port 0, any free port, cannot be taken). The bind is without
- * SO_REUSEPORT, so it fails on a port another gateway's workers share too: workers listen with
- * it, and would otherwise join that gateway's without a word.
- */
-export function checkPortsFree(config: Config): void {
-  const ports: [string, string, number][] = [[
-    "GATEWAY_HOST/GATEWAY_PORT",
-    config.host,
-    config.port,
-  ]];
-  if (config.adminPort > 0) {
-    ports.push(["GATEWAY_ADMIN_PORT", config.adminHost, config.adminPort]);
-  }
-  for (const [names, hostname, port] of ports) {
-    if (port === 0) continue;
-    try {
-      Deno.listen({ hostname, port }).close();
-    } catch (err) {
-      if (!(err instanceof Deno.errors.AddrInUse)) throw err;
-      throw new AddressInUseError(
-        `${hostname}:${port} (${names}) is already in use: stop what listens there or choose another port`,
-        { cause: err },
-      );
-    }
-  }
-}
-
-/** The listen address is taken by another process. */
-export class AddressInUseError extends Error {
-  constructor(message: string, options?: ErrorOptions) {
-    super(message, options);
-    this.name = "AddressInUseError";
-  }
-}
-
-/** One listener that survives EMFILE in Deno's accept loop (lib/http/listener.ts). */
-function serveHttp(
-  hostname: string,
-  port: number,
-  handler: Deno.ServeHandler<Deno.NetAddr>,
-  options: { logger: Logger; metrics: GatewayMetrics; reusePort: boolean },
-): ResilientServer {
-  const { logger, metrics } = options;
-  return serveResilient(
-    {
-      hostname,
-      port,
-      // Every port, not only the public one: a storm's connects wait here for the gateway.
-      tcpBacklog: LISTEN_BACKLOG,
-      ...(options.reusePort ? { reusePort: true } : {}),
-      onListen: () => {},
-      onError: (err) => {
-        logger.error("http handler failed", { error: err });
-        return new Response("internal error\n", { status: 500 });
-      },
-    },
-    handler,
-    { logger, onListenerLost: () => metrics.listenerRestarts.inc() },
-  );
-}
-
-async function connect(config: Config, logger: Logger): Promise<NatsConnection> {
-  const nc = await connectNats({
-    servers: config.natsServers,
-    connectTimeoutMs: config.natsConnectTimeoutMs,
-    name: "gateway",
-    logger,
-    credentials: config,
-  }).catch((err) => {
-    throw err instanceof NatsUnavailableError ? err : new NatsUnavailableError(
-      `Cannot connect to NATS at ${config.natsUrlRedacted}: ${errorMessage(err)}`,
-      { cause: err },
-    );
-  });
-  logger.info("nats connected", { nats_url: config.natsUrlRedacted, server: nc.getServer() });
-  return nc;
-}
-
-/**
- * Platform streams (GATEWAY_CREATE_STREAMS), then each route's stream: the one it names, or the
- * one the server says captures its subject; startup fails naming the route when none does.
- */
-async function resolveStreams(
-  nc: NatsConnection,
-  config: Config,
-  logger: Logger,
-): Promise<string[]> {
-  const jsm = await jetstreamManager(nc);
-  const streams: string[] = [];
-  for (const spec of config.routes) {
-    const stream = spec.stream ?? await findStream(jsm, spec.filterSubject) ??
-      // Not there yet: a platform stream that would capture it is created below.
-      (config.createStreams ? platformStreamFor(spec.filterSubject) : undefined);
-    if (stream === undefined) {
-      throw new StreamSetupError(
-        `No stream captures ${spec.filterSubject} (GATEWAY_ROUTES entry ${spec.path}): create one, or name it as ${spec.path}=${spec.subject}@STREAM`,
-      );
-    }
-    streams.push(stream);
-  }
-  for (const [index, spec] of config.routes.entries()) {
-    await setUpStreams(jsm, {
-      ...config,
-      stream: streams[index],
-      subject: spec.filterSubject,
-      route: spec.path,
-      // The platform streams once; each route's stream is then only checked.
-      createStreams: config.createStreams && index === 0,
-      durableName: index === 0 ? config.durableName : "",
-    }, logger);
-  }
-  return streams;
-}
-
-interface NatsWatch {
-  readonly connected: boolean;
-  /** Resolves when the connection is gone for good or out for longer than allowed. */
-  readonly failed: Promise<Error>;
-  stop(): void;
-}
-
-/** Tracks the connection; an outage longer than natsMaxOutageMs fails the gateway. */
-function watchNats(
-  nc: NatsConnection,
-  config: Config,
-  logger: Logger,
-  metrics: GatewayMetrics,
-  signal: AbortSignal,
-): NatsWatch {
-  let connected = true;
-  let outageTimer: ReturnType<typeof setTimeout> | undefined;
-  const { promise: failed, resolve: failWith } = Promise.withResolvers<Error>();
-  (async () => {
-    for await (const s of nc.status()) {
-      if (s.type === "disconnect") {
-        connected = false;
-        metrics.natsConnected.set(0);
-        logger.warn("nats disconnected; reconnecting", { server: s.server });
-        if (config.natsMaxOutageMs > 0 && outageTimer === undefined) {
-          outageTimer = setTimeout(() => {
-            failWith(
-              new NatsUnavailableError(
-                `NATS unreachable for ${config.natsMaxOutageMs} ms (GATEWAY_NATS_MAX_OUTAGE_MS); exiting so a supervisor restarts the gateway`,
-              ),
-            );
-          }, config.natsMaxOutageMs);
-        }
-      } else if (s.type === "reconnect") {
-        connected = true;
-        metrics.natsConnected.set(1);
-        metrics.natsReconnects.inc();
-        clearTimeout(outageTimer);
-        outageTimer = undefined;
-        logger.info("nats reconnected", { server: s.server });
-      }
-    }
-  })();
-  nc.closed().then((err) => {
-    clearTimeout(outageTimer);
-    connected = false;
-    metrics.natsConnected.set(0);
-    if (!signal.aborted) {
-      failWith(
-        new NatsUnavailableError(
-          `NATS connection closed: ${err ? errorMessage(err) : "by the server"}`,
-        ),
-      );
-    }
-  });
-  return {
-    get connected() {
-      return connected;
-    },
-    failed,
-    stop: () => clearTimeout(outageTimer),
-  };
 }

@@ -15,6 +15,7 @@ import {
   type JWTPayload,
   jwtVerify,
 } from "jose";
+import { pathMatches } from "../wildcard.ts";
 
 /** Raised for an unusable auth setting; config.ts turns it into a ConfigError (exit 2). */
 export class AuthConfigError extends Error {
@@ -313,14 +314,6 @@ export function selectProtocol(request: Request): string | undefined {
 
 // ---------------------------------------------------------------------------------------------
 // Per-route access.
-
-/** Whether `pattern` (segments; `*` = exactly one non-empty segment) matches `path`. */
-export function pathMatches(pattern: string, path: string): boolean {
-  const want = pattern.split("/");
-  const got = path.split("/");
-  if (want.length !== got.length) return false;
-  return want.every((segment, i) => segment === "*" ? got[i] !== "" : segment === got[i]);
-}
 
 /** Whether a token's `routes` claim lets it open `path`; absent covers every route. */
 export function routesCover(claim: unknown, path: string): boolean {

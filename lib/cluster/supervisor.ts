@@ -8,7 +8,8 @@
  * no sockets itself.
  */
 import type { Config } from "../config/config.ts";
-import { checkPortsFree, type RunningGateway } from "../gateway.ts";
+import type { RunningGateway } from "../gateway.ts";
+import { checkPortsFree } from "../http/ports.ts";
 import type { InstanceReport } from "../observe/health.ts";
 import { type ProcessState, WorkerStates } from "../observe/health.ts";
 import type { Logger } from "../observe/log.ts";

@@ -8,6 +8,7 @@
  * WebSockets are separate resources and keep working, so we keep them and listen again.
  */
 import type { Logger } from "../observe/log.ts";
+import type { GatewayMetrics } from "../observe/metrics.ts";
 
 /** Descriptors kept free for everything but clients: NATS, files, the listener, Deno's own. */
 export function fdReserve(limit: number): number {
@@ -169,4 +170,30 @@ export function serveResilient(
       await server?.shutdown();
     },
   };
+}
+
+/** The gateway's listener: serveResilient with the deep accept queue, failures logged and counted. */
+export function serveHttp(
+  hostname: string,
+  port: number,
+  handler: Deno.ServeHandler<Deno.NetAddr>,
+  options: { logger: Logger; metrics: GatewayMetrics; reusePort: boolean },
+): ResilientServer {
+  const { logger, metrics } = options;
+  return serveResilient(
+    {
+      hostname,
+      port,
+      // Every port, not only the public one: a storm's connects wait here for the gateway.
+      tcpBacklog: LISTEN_BACKLOG,
+      ...(options.reusePort ? { reusePort: true } : {}),
+      onListen: () => {},
+      onError: (err) => {
+        logger.error("http handler failed", { error: err });
+        return new Response("internal error\n", { status: 500 });
+      },
+    },
+    handler,
+    { logger, onListenerLost: () => metrics.listenerRestarts.inc() },
+  );
 }

@@ -23,7 +23,7 @@ import {
   watchStatus,
 } from "./consumer_create.ts";
 import { EventQueue } from "./event_queue.ts";
-import { ask, isNotFound, NatsRequestError, newestSequence } from "./streams.ts";
+import { ask, isNotFound, NatsRequestError, newestSequence } from "./requests.ts";
 
 /** Pause before a consumer is recreated, so a delete in progress is not raced. */
 const RESTART_DELAY_MS = 100;

@@ -12,7 +12,7 @@ import {
   type JetStreamManager,
 } from "@nats-io/jetstream";
 import { errorMessage } from "../util.ts";
-import { ask, isNotFound } from "./streams.ts";
+import { ask, isNotFound } from "./requests.ts";
 
 /** What to consume: the stream, the filter, and the consumer kind. */
 export interface ConsumerTarget {

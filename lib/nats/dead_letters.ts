@@ -7,7 +7,7 @@
 import { headers, type NatsConnection } from "@nats-io/nats-core";
 import { jetstream, type JetStreamClient } from "@nats-io/jetstream";
 import { type Logger, rateLimited } from "../observe/log.ts";
-import { ask } from "./streams.ts";
+import { ask } from "./requests.ts";
 import { delay } from "../util.ts";
 
 /** How long the answer "does a stream capture the dead-letter subject?" is kept. */

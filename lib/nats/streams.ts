@@ -13,14 +13,11 @@ import {
 import type { Config } from "../config/config.ts";
 import type { Logger } from "../observe/log.ts";
 import { errorMessage } from "../util.ts";
+import { subjectMatches } from "../wildcard.ts";
+import { ask, isNotFound } from "./requests.ts";
+import { clusterKnown, type ReplicaChoice, wantedReplicas } from "./replicas.ts";
 
 const DAY_NS = 24 * 60 * 60 * 1_000_000_000;
-
-/** Replicas the gateway gives a stream it creates on a cluster of 3 or more (spec: R3). */
-const MAX_AUTO_REPLICAS = 3;
-
-/** JetStream API error codes the gateway tells apart. */
-const NOT_FOUND_CODES = [10059, 10014, 10037]; // stream, consumer, message not found
 
 /** The streams every service of the platform expects (spec: "JetStream Streams"). */
 export const PLATFORM_STREAMS: readonly Pick<
@@ -56,28 +53,11 @@ export type StreamSettings =
     readonly route?: string;
   };
 
-/** A JetStream request that failed; the message names the request, the cause is the client's error. */
-export class NatsRequestError extends Error {
-  constructor(readonly request: string, cause: unknown) {
-    super(`${request} failed: ${errorMessage(cause)}`, { cause });
-    this.name = "NatsRequestError";
-  }
-}
-
 /** The streams on NATS cannot serve this configuration; the message says what to change. */
 export class StreamSetupError extends Error {
   constructor(message: string, options?: ErrorOptions) {
     super(message, options);
     this.name = "StreamSetupError";
-  }
-}
-
-/** Runs one JetStream request; a failure is rethrown saying what was asked. */
-export async function ask<T>(request: string, send: () => Promise<T>): Promise<T> {
-  try {
-    return await send();
-  } catch (err) {
-    throw err instanceof NatsRequestError ? err : new NatsRequestError(request, err);
   }
 }
 
@@ -146,48 +126,6 @@ export async function ensureStreams(
   }
 }
 
-/** Replicas for a new stream: GATEWAY_STREAM_REPLICAS, else min(3, JetStream cluster size). */
-interface ReplicaChoice {
-  readonly replicas: number;
-  /** Set by GATEWAY_STREAM_REPLICAS: a refused placement is an error, not a step down. */
-  readonly explicit: boolean;
-}
-
-function wantedReplicas(
-  jsm: JetStreamManager,
-  config: Pick<Config, "streamReplicas">,
-): ReplicaChoice {
-  if (config.streamReplicas > 0) return { replicas: config.streamReplicas, explicit: true };
-  const size = clusterSizeFromInfo(serverInfoOf(jsm));
-  return { replicas: Math.min(MAX_AUTO_REPLICAS, size ?? MAX_AUTO_REPLICAS), explicit: false };
-}
-
-/** The parts of a server's INFO that describe its cluster. */
-export interface ClusterInfo {
-  readonly cluster?: string;
-  readonly connect_urls?: readonly string[];
-}
-
-/**
- * The JetStream cluster size as the connected server's INFO tells it: 1 without a `cluster`
- * (a standalone server); else the number of distinct client URLs the cluster advertises
- * (`connect_urls` lists every member, the server itself included). Undefined when the cluster
- * does not advertise (`no_advertise`): creation then starts at 3 and steps down on refusal.
- */
-export function clusterSizeFromInfo(info: ClusterInfo | undefined): number | undefined {
-  if (info === undefined) return undefined;
-  if (!info.cluster) return 1;
-  const urls = new Set(info.connect_urls ?? []);
-  return urls.size > 0 ? urls.size : undefined;
-}
-
-/** The INFO of the server the manager's connection is on (the client keeps the latest). */
-function serverInfoOf(jsm: JetStreamManager): ClusterInfo | undefined {
-  // JetStreamManager's implementation holds its connection as `nc`; the type does not say so.
-  const nc = (jsm as unknown as { nc?: { info?: ClusterInfo } }).nc;
-  return nc?.info;
-}
-
 async function ensurePlatformStream(
   jsm: JetStreamManager,
   wanted: PlatformStream,
@@ -216,10 +154,6 @@ async function ensurePlatformStream(
       differences,
     });
   }
-}
-
-function clusterKnown(jsm: JetStreamManager): boolean {
-  return clusterSizeFromInfo(serverInfoOf(jsm)) !== undefined;
 }
 
 /**
@@ -319,7 +253,7 @@ async function checkRelayedStream(jsm: JetStreamManager, config: StreamSettings)
       } does not capture ${subject} (its subjects: ${subjects.join(", ") || "none"}): ${
         config.route
           ? `name the stream that holds it in GATEWAY_ROUTES (${config.route}=${subject}@STREAM)`
-          : `set GATEWAY_SUBJECT to a subject it captures, or GATEWAY_STREAM to the stream that holds ${subject}`
+          : `name the stream that holds ${subject} in GATEWAY_ROUTES (PATH=${subject}@STREAM)`
       }`,
     );
   }
@@ -329,29 +263,6 @@ function streamHint(config: StreamSettings): string {
   return config.route
     ? `name the stream that holds ${config.subject} in GATEWAY_ROUTES (${config.route}=${config.subject}@STREAM)`
     : `set GATEWAY_STREAM to the stream that holds ${config.subject}`;
-}
-
-/** The platform stream (created with GATEWAY_CREATE_STREAMS) that would capture `subject`. */
-export function platformStreamFor(subject: string): string | undefined {
-  return PLATFORM_STREAMS.find((s) => s.subjects!.some((p) => subjectMatches(p, subject)))?.name;
-}
-
-/**
- * The stream that captures `subject` (a route's subject or wildcard filter), found by the
- * server (JetStream's stream lookup by subject); undefined when none does.
- */
-export async function findStream(
-  jsm: JetStreamManager,
-  subject: string,
-): Promise<string | undefined> {
-  try {
-    return await ask(`stream names for subject ${subject}`, () => jsm.streams.find(subject));
-  } catch (err) {
-    const cause = err instanceof Error ? err.cause : undefined;
-    if (cause instanceof Error && cause.name === "StreamNotFoundError") return undefined;
-    if (isNotFound(err)) return undefined;
-    throw err;
-  }
 }
 
 /** With GATEWAY_CREATE_STREAMS=false a missing durable is a startup error, not created. */
@@ -368,42 +279,5 @@ async function checkDurableExists(
       `Durable consumer ${durable} (GATEWAY_DURABLE) does not exist on stream ${stream} and GATEWAY_CREATE_STREAMS=false forbids creating it: create it with a NATS user allowed to, set GATEWAY_CREATE_STREAMS=true, or unset GATEWAY_DURABLE for an ordered consumer`,
       { cause: err },
     );
-  }
-}
-
-/** Whether a concrete subject matches a stream subject pattern (`*` one token, `>` the rest). */
-export function subjectMatches(pattern: string, subject: string): boolean {
-  const want = pattern.split(".");
-  const have = subject.split(".");
-  for (let i = 0; i < want.length; i++) {
-    if (want[i] === ">") return have.length > i;
-    if (i >= have.length || (want[i] !== "*" && want[i] !== have[i])) return false;
-  }
-  return want.length === have.length;
-}
-
-/** Whether a JetStream error says the stream, consumer or message does not exist. */
-export function isNotFound(err: unknown): boolean {
-  for (let e: unknown = err; e instanceof Error; e = e.cause) {
-    const code = (e as { code?: unknown }).code;
-    if (typeof code === "number" && NOT_FOUND_CODES.includes(code)) return true;
-  }
-  return /not found/i.test(errorMessage(err));
-}
-
-/** Stream sequence of the newest stored message of the subject, or 0 if none. */
-export async function newestSequence(
-  jsm: JetStreamManager,
-  options: { readonly stream: string; readonly subject: string },
-): Promise<number> {
-  try {
-    const stored = await ask(
-      `msg get ${options.stream} last_by_subj ${options.subject}`,
-      () => jsm.streams.getMessage(options.stream, { last_by_subj: options.subject }),
-    );
-    return stored?.seq ?? 0;
-  } catch (err) {
-    if (isNotFound(err)) return 0;
-    throw err;
   }
 }

@@ -4,6 +4,7 @@
  * Pure: no I/O, no NATS; the stream of a route without `@STREAM` is looked up at startup.
  */
 import { ConfigError } from "../config/config_error.ts";
+import { subjectMatches } from "../wildcard.ts";
 
 /** One configured route: `PATH=SUBJECT[@STREAM]`. */
 export interface RouteSpec {
@@ -84,10 +85,7 @@ export function valueProblem(value: string): string | undefined {
 
 /** Whether a route's consumer filter takes `subject` (`*` matches any one token). */
 export function routeReceives(route: RouteSpec, subject: string): boolean {
-  const filter = route.filterSubject.split(".");
-  const tokens = subject.split(".");
-  return filter.length === tokens.length &&
-    filter.every((token, i) => token === "*" || token === tokens[i]);
+  return subjectMatches(route.filterSubject, subject);
 }
 
 /**

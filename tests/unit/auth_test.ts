@@ -7,7 +7,6 @@ import {
   JwtVerifier,
   OriginPolicy,
   parseAllowedOrigins,
-  pathMatches,
   type PublicJwk,
   readJwksFile,
   readJwtKeys,
@@ -15,6 +14,7 @@ import {
   routesCover,
   selectProtocol,
 } from "../../lib/auth/auth.ts";
+import { pathMatches } from "../../lib/wildcard.ts";
 import { Broadcaster } from "../../lib/relay/broadcaster.ts";
 import { parseConfig } from "../../lib/config/config.ts";
 import { ConfigError } from "../../lib/config/config_error.ts";

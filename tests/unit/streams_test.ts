@@ -1,11 +1,8 @@
 /** Pure parts of stream setup: cluster size from INFO, subject matching, not-found errors. */
 import assert from "node:assert/strict";
-import {
-  clusterSizeFromInfo,
-  isNotFound,
-  NatsRequestError,
-  subjectMatches,
-} from "../../lib/nats/streams.ts";
+import { clusterSizeFromInfo } from "../../lib/nats/replicas.ts";
+import { isNotFound, NatsRequestError } from "../../lib/nats/requests.ts";
+import { subjectMatches } from "../../lib/wildcard.ts";
 
 Deno.test("clusterSizeFromInfo: a standalone server is 1, a cluster counts its advertised members", () => {
   assert.equal(clusterSizeFromInfo({}), 1);
