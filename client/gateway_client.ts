@@ -394,7 +394,7 @@ export class GatewayClient<T = LevelsSignalsV1> extends EventTarget {
     this.#retryAfter(delay);
   }
 
-  /** The reaction to each close code the gateway documents (README, "Close codes"). */
+  /** The reaction to each close code the gateway documents (docs/protocol.md, "Close codes"). */
   #delayAfterClose(code: number, reason: string): number {
     this.#tokenReason = "connect";
     if (code === SLOW_CONSUMER) return 0; // we fell behind once; the newest snapshot awaits

@@ -193,13 +193,13 @@ const BINARY_ADVICE: Advice = {
     `NATS_URL names ${hosts.join(", ")}, which this build may not reach. ` +
     `Rebuild with the host allowed, e.g. GATEWAY_NATS_HOSTS=${
       hosts.map(withoutPort).join(",")
-    } deno task compile (README "Permissions").`,
+    } deno task compile (docs/deploying.md "Permissions").`,
   listen: (address, host) =>
     `GATEWAY_HOST/GATEWAY_PORT ${address} is outside what this build may listen on. ` +
-    `Rebuild with GATEWAY_LISTEN_HOSTS=${host} deno task compile (README "Permissions").`,
+    `Rebuild with GATEWAY_LISTEN_HOSTS=${host} deno task compile (docs/deploying.md "Permissions").`,
   read: (name, path) =>
     `${name} names ${path}, which this build may not read. Put the file under /etc/gateway/, ` +
-    `or rebuild with GATEWAY_READ_PATHS=${path} deno task compile (README "Permissions").`,
+    `or rebuild with GATEWAY_READ_PATHS=${path} deno task compile (docs/deploying.md "Permissions").`,
 };
 
 /** Under `deno run`, the scope comes from the flags: `deno task start` derives them. */
@@ -207,14 +207,14 @@ const START_ADVICE: Advice = {
   nats: (hosts) =>
     `NATS_URL names ${hosts.join(", ")}, which this process may not reach. Start the gateway ` +
     `with \`deno task start\`, which allows what the configuration names, or add the hosts to ` +
-    `your own --allow-net (README "Permissions").`,
+    `your own --allow-net (docs/deploying.md "Permissions").`,
   listen: (address) =>
     `GATEWAY_HOST/GATEWAY_PORT ${address} is outside what this process may listen on. Start ` +
     `the gateway with \`deno task start\`, or add ${address} to your own --allow-net ` +
-    `(README "Permissions").`,
+    `(docs/deploying.md "Permissions").`,
   read: (name, path) =>
     `${name} names ${path}, which this process may not read. Start the gateway with ` +
-    `\`deno task start\`, or add the path to your own --allow-read (README "Permissions").`,
+    `\`deno task start\`, or add the path to your own --allow-read (docs/deploying.md "Permissions").`,
 };
 
 function withoutPort(address: string): string {

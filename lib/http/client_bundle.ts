@@ -254,7 +254,7 @@ var GatewayClient = class extends EventTarget {
     this.dispatchEvent(new DisconnectEvent(code, reason, wasClean, delay));
     this.#retryAfter(delay);
   }
-  /** The reaction to each close code the gateway documents (README, "Close codes"). */
+  /** The reaction to each close code the gateway documents (docs/protocol.md, "Close codes"). */
   #delayAfterClose(code, reason) {
     this.#tokenReason = "connect";
     if (code === SLOW_CONSUMER) return 0;

@@ -77,7 +77,7 @@ function clientOptions(
     // Connect to the configured names, so permission scoping by host holds.
     resolve: false,
     // Members a cluster advertises are outside a scoped binary's allow list; the
-    // configured seed list is the whole cluster we use (README "Clusters").
+    // configured seed list is the whole cluster we use (docs/nats.md "Clusters").
     ignoreClusterUpdates: true,
     maxReconnectAttempts: -1,
     reconnectTimeWait: 250,

@@ -19,7 +19,7 @@ export interface ClientSocket {
 /** WebSocket.OPEN, spelled out so fakes need no global. */
 export const OPEN = 1;
 
-/** Every close code the gateway sends, in one table (README "Close codes"). */
+/** Every close code the gateway sends, in one table (docs/protocol.md "Close codes"). */
 export const CloseCode = {
   /** Gateway shutting down. */
   goingAway: 1001,

@@ -1,6 +1,6 @@
 /**
  * GATEWAY_CREATE_STREAMS=false against a real nats-server whose gateway user has exactly the
- * permission block documented in README ("Least privilege"); an admin user sets the stream up.
+ * permission block documented in docs/nats.md ("Least privilege"); an admin user sets the stream up.
  */
 import assert from "node:assert/strict";
 import { connect } from "../../lib/nats/transport.ts";
@@ -27,11 +27,11 @@ const ADMIN_PASSWORD = "admin-secret-pw-1";
 const GATEWAY_PASSWORD = "gateway-secret-pw-1";
 const DURABLE = "gateway_levels";
 
-/** The README's permission block, without the lines that belong to the other consumer kind. */
+/** docs/nats.md's permission block, without the lines that belong to the other consumer kind. */
 async function documentedPermissions(kind: "ordered" | "durable"): Promise<string> {
-  const readme = await Deno.readTextFile(new URL("../../README.md", import.meta.url));
+  const readme = await Deno.readTextFile(new URL("../../docs/nats.md", import.meta.url));
   const block = /<!-- least-privilege-permissions:start -->\s*```\n([\s\S]*?)```/.exec(readme);
-  assert.ok(block, "README has the least-privilege permission block");
+  assert.ok(block, "docs/nats.md has the least-privilege permission block");
   const other = kind === "ordered" ? "GATEWAY_DURABLE only" : "ordered consumer only";
   return block[1].split("\n").filter((line) => !line.includes(other)).join("\n");
 }

@@ -159,7 +159,7 @@ Deno.test("checkPermissions: a binary refuses a host outside its build with how 
       assert.ok(err instanceof PermissionScopeError);
       assert.equal(
         err.message,
-        `NATS_URL names nats.example.invalid:4222, which this build may not reach. Rebuild with the host allowed, e.g. GATEWAY_NATS_HOSTS=nats.example.invalid deno task compile (README "Permissions").`,
+        `NATS_URL names nats.example.invalid:4222, which this build may not reach. Rebuild with the host allowed, e.g. GATEWAY_NATS_HOSTS=nats.example.invalid deno task compile (docs/deploying.md "Permissions").`,
       );
       return true;
     },
