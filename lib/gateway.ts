@@ -4,7 +4,7 @@
  */
 import type { NatsConnection } from "@nats-io/nats-core";
 import { Authenticator } from "./auth/auth.ts";
-import { CloseCode } from "./relay/broadcaster.ts";
+import { CloseCode } from "./close_codes.ts";
 import type { Config } from "./config/config.ts";
 import { DeadLetters } from "./nats/dead_letters.ts";
 import {

@@ -7,7 +7,8 @@
  * socket gets one handler object for `open` and `close` (its `Tracked`) and one for `message`
  * (its `Session`), and sockets that never open are let go by one sweep timer, not one timer each.
  */
-import { type Broadcaster, type ClientSocket, CloseCode } from "../relay/broadcaster.ts";
+import { CloseCode } from "../close_codes.ts";
+import type { Broadcaster, ClientSocket } from "../relay/broadcaster.ts";
 import type { GatewayMetrics } from "../observe/metrics.ts";
 import type { Refusal } from "../auth/auth.ts";
 import type { Encoding } from "../relay/compression.ts";
@@ -179,7 +180,7 @@ export interface SessionDeps {
 }
 
 /** Sent when a session's token expires: the client should fetch a new token and reconnect. */
-export const TOKEN_EXPIRED = { code: 4001, reason: "token expired" } as const;
+export const TOKEN_EXPIRED = { code: CloseCode.tokenExpired, reason: "token expired" } as const;
 
 /** setTimeout's longest delay (~24.8 days); a later expiry re-arms the timer. */
 const MAX_TIMER_MS = 2 ** 31 - 1;

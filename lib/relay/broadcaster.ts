@@ -5,6 +5,7 @@
  * text frames, or (`deflate-raw`) the message's raw DEFLATE as a binary frame, made once per
  * message and shared by every such client (lib/relay/compression.ts).
  */
+import { CloseCode } from "../close_codes.ts";
 import { type Encoding, Frames, utf8Length } from "./compression.ts";
 
 /** The part of a WebSocket the Broadcaster uses. */
@@ -18,24 +19,6 @@ export interface ClientSocket {
 
 /** WebSocket.OPEN, spelled out so fakes need no global. */
 export const OPEN = 1;
-
-/** Every close code the gateway sends, in one table (docs/protocol.md "Close codes"). */
-export const CloseCode = {
-  /** Gateway shutting down. */
-  goingAway: 1001,
-  /** Client sent a binary frame; the gateway accepts none. */
-  unsupportedData: 1003,
-  /** Client broke the protocol's rules (frame flood). */
-  policyViolation: 1008,
-  /** Client frame above GATEWAY_CLIENT_MAX_FRAME_BYTES. */
-  messageTooBig: 1009,
-  /** Unexpected gateway error. */
-  internalError: 1011,
-  /** Connection limit reached; retry later. */
-  tryAgainLater: 1013,
-  /** Client stayed behind past its buffer bound for too long. */
-  slowConsumer: 4008,
-} as const;
 
 export interface BroadcasterOptions {
   /** Bytes a client may have queued before it is conflated instead of sent to. */

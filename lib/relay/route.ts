@@ -8,7 +8,8 @@
  */
 import type { NatsConnection } from "@nats-io/nats-core";
 import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
-import { Broadcaster, type ClientSocket, CloseCode } from "./broadcaster.ts";
+import { CloseCode } from "../close_codes.ts";
+import { Broadcaster, type ClientSocket } from "./broadcaster.ts";
 import type { LoopLag } from "./loop_lag.ts";
 import type { Config } from "../config/config.ts";
 import type { DeadLetters } from "../nats/dead_letters.ts";

@@ -3,7 +3,8 @@
  * gets only the newest one once its queue moves again, even while it is far below its byte bound.
  */
 import assert from "node:assert/strict";
-import { Broadcaster, CloseCode } from "../../lib/relay/broadcaster.ts";
+import { Broadcaster } from "../../lib/relay/broadcaster.ts";
+import { CloseCode } from "../../lib/close_codes.ts";
 import { FakeSocket } from "../helpers/fake_socket.ts";
 
 /** A broadcaster with a fake clock and drain ticks run by hand. */

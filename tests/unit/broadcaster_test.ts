@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { Broadcaster, CloseCode } from "../../lib/relay/broadcaster.ts";
+import { Broadcaster } from "../../lib/relay/broadcaster.ts";
+import { CloseCode } from "../../lib/close_codes.ts";
 import { inflateRawSync } from "node:zlib";
 import { FakeSocket } from "../helpers/fake_socket.ts";
 
