@@ -8,8 +8,8 @@
  */
 import type { NatsConnection } from "@nats-io/nats-core";
 import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
-import { CloseCode } from "../close_codes.ts";
 import { Broadcaster, type ClientSocket } from "./broadcaster.ts";
+import { type Topic, Topics } from "./topics.ts";
 import type { LoopLag } from "./loop_lag.ts";
 import type { Config } from "../config/config.ts";
 import type { DeadLetters } from "../nats/dead_letters.ts";
@@ -77,21 +77,12 @@ export interface RouteContext {
   readonly loop?: LoopLag;
 }
 
-/** One cache and its clients: the whole of a fixed route, one value of a templated one. */
-class Topic {
-  readonly progress = new RelayProgress();
-  /** Pending while the cache is seeded from the stream; undefined once done (or failed). */
-  seeding: Promise<void> | undefined;
-  constructor(readonly value: string | null, readonly broadcaster: Broadcaster) {}
-}
-
 export class Route {
   readonly spec: RouteSpec;
   readonly stream: string;
   readonly #ctx: RouteContext;
   readonly #label: Labels;
-  /** Caches by value ("" for a fixed route), least recently used first. */
-  readonly #topics = new Map<string, Topic>();
+  readonly #topics: Topics;
   /** Stream-level progress: what was received, dead-lettered; the stream's identity. */
   readonly #progress = new RelayProgress();
   readonly #freshness = new FreshnessWatch();
@@ -125,7 +116,8 @@ export class Route {
     this.#logInvalid = rateLimited(ctx.logger.warn, 10_000);
     this.#logShedding = rateLimited(ctx.logger.warn, 10_000);
     this.#logCaughtUp = rateLimited(ctx.logger.info, 10_000);
-    if (ctx.spec.param === null) this.#topics.set("", this.#newTopic(null));
+    this.#topics = new Topics(ctx.config.routeMaxValues, (joined) => this.#newBroadcaster(joined));
+    if (ctx.spec.param === null) this.#topics.fixed();
   }
 
   get templated(): boolean {
@@ -134,9 +126,7 @@ export class Route {
 
   /** Clients of every cache of the route. */
   get connections(): number {
-    let count = 0;
-    for (const topic of this.#topics.values()) count += topic.broadcaster.size;
-    return count;
+    return this.#topics.connections;
   }
 
   /** Whether the route is behind its stream and sends only the newest (gateway_load_shedding). */
@@ -194,16 +184,10 @@ export class Route {
    * bound of values and every one has clients.
    */
   broadcasterFor(value: string | null): Broadcaster | undefined | Promise<Broadcaster> {
-    const key = value ?? "";
-    let topic = this.#topics.get(key);
-    if (topic !== undefined) {
-      this.#touch(key, topic);
-    } else {
-      const created = this.#makeRoom() ? this.#addTopic(value) : undefined;
-      if (created === undefined) return undefined;
-      created.seeding = this.#seedValue(created).finally(() => (created.seeding = undefined));
-      topic = created;
-    }
+    const found = this.#topics.forClient(value);
+    if (found === undefined) return undefined;
+    const { topic, created } = found;
+    if (created) topic.seeding = this.#seedValue(topic).finally(() => (topic.seeding = undefined));
     const { broadcaster, seeding } = topic;
     // Synchronous for a value already held: no turn of the event loop before the upgrade.
     return seeding === undefined ? broadcaster : seeding.then(() => broadcaster);
@@ -232,7 +216,7 @@ export class Route {
 
   /** Closes every client of the route (the gateway waits for their close handshakes). */
   closeAll(code: number, reason: string): void {
-    for (const topic of this.#topics.values()) topic.broadcaster.closeAll(code, reason);
+    this.#topics.closeAll(code, reason);
   }
 
   /** After the gateway's abort signal: the consumer has stopped once this resolves. */
@@ -241,7 +225,8 @@ export class Route {
     await this.#relaying;
   }
 
-  #newTopic(value: string | null): Topic {
+  /** A new topic's broadcaster: its events become the route's metrics and logs. */
+  #newBroadcaster(joined: (socket: ClientSocket) => void): Broadcaster {
     const { config, metrics, logger } = this.#ctx;
     const label = this.#label;
     const logSendError = rateLimited(logger.warn, 10_000);
@@ -253,7 +238,7 @@ export class Route {
         ...(this.#ctx.loop ? { stalledMs: () => this.#ctx.loop!.stalledMs() } : {}),
       },
       {
-        joined: (socket) => this.#joined(topic, socket),
+        joined,
         delivered: (count, bytes) => {
           metrics.deliveries.inc(label, count);
           metrics.bytesSent.inc(label, bytes);
@@ -266,62 +251,12 @@ export class Route {
         },
       },
     );
-    const topic = new Topic(value, broadcaster);
-    return topic;
-  }
-
-  /**
-   * A client joined `topic` at its open. If the value was dropped between its upgrade and its
-   * open (at the bound, by another value), the topic is held again; if the value was meanwhile
-   * made anew, the client is told to come back (1013) rather than left on a cache no message
-   * reaches.
-   */
-  #joined(topic: Topic, socket: ClientSocket): void {
-    const key = topic.value ?? "";
-    const current = this.#topics.get(key);
-    if (current === topic) return;
-    if (current === undefined) {
-      this.#topics.set(key, topic);
-      return;
-    }
-    topic.broadcaster.remove(socket);
-    try {
-      socket.close(CloseCode.tryAgainLater, "try again");
-    } catch {
-      // Already closing.
-    }
-  }
-
-  #addTopic(value: string | null): Topic {
-    const topic = this.#newTopic(value);
-    this.#topics.set(value ?? "", topic);
-    return topic;
-  }
-
-  /** Marks a value as just used: it moves to the end of the eviction order. */
-  #touch(key: string, topic: Topic): void {
-    this.#topics.delete(key);
-    this.#topics.set(key, topic);
-  }
-
-  /**
-   * Below the bound, or the least recently used value without clients (and not being seeded)
-   * was dropped. A client upgraded for a dropped value joins it back (see #joined).
-   */
-  #makeRoom(): boolean {
-    if (this.#topics.size < this.#ctx.config.routeMaxValues) return true;
-    for (const [key, topic] of this.#topics) {
-      if (topic.broadcaster.size === 0 && topic.seeding === undefined) {
-        this.#topics.delete(key);
-        return true;
-      }
-    }
-    return false;
+    return broadcaster;
   }
 
   /** A fixed route's cache from the newest stored message; its sequence, or -1. */
   async #seedFixed(jsm: JetStreamManager): Promise<number> {
-    const topic = this.#topics.get("")!;
+    const topic = this.#topics.fixed();
     try {
       await this.#readStreamIdentity(jsm);
       const seq = await this.#seedTopic(jsm, topic, this.spec.subject);
@@ -501,13 +436,10 @@ export class Route {
    * message never pushes out a value a client asked for).
    */
   #topicForMessage(subject: string): Topic | undefined {
-    if (!this.templated) return this.#topics.get("");
+    if (!this.templated) return this.#topics.fixed();
     const value = this.#ctx.table.valueOf(this.spec, subject);
     if (value === null) return undefined;
-    const topic = this.#topics.get(value);
-    if (topic !== undefined) return topic;
-    if (this.#topics.size >= this.#ctx.config.routeMaxValues) return undefined;
-    return this.#addTopic(value);
+    return this.#topics.forMessage(value);
   }
 
   #deadLetter(message: BusMessage, reason: string): void {
