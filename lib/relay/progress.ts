@@ -105,10 +105,13 @@ export class FreshnessWatch {
 }
 
 /**
- * Whether a message is worth sending or only caching: a route sheds while it is behind, i.e.
- * a message it handles is older than `maxAgeMs` and newer ones are already known (stored, or
- * buffered by the client). A burst on a gateway that keeps up is handled within milliseconds and
- * reaches clients whole; under overload messages age in the backlog, and clients skip to the
+ * Whether a message is worth sending or only caching. A route sheds a message only when it is
+ * behind and shedding helps: the message is older than `maxAgeMs`, newer ones are already known
+ * (stored, or buffered by the client), and sending all of those too would take longer than
+ * `maxDrainMs` more (measured: the time from sending one message to handling the next while
+ * others waited). A burst the gateway clears quickly reaches clients whole, however late it came
+ * (the proxy test: six snapshots held up while the gateway parsed 72 MB of hostile frames);
+ * under overload messages age in a backlog that takes long to send, and clients skip to the
  * newest, which is always sent.
  *
  * A message's age is its relay delay (receipt time less its stream time) less two things that
@@ -121,8 +124,16 @@ export class BehindWatch {
   #floorBefore = Infinity;
   #floorSince = -Infinity;
   #shedding = false;
+  /** When the last message sent was handled, if others were waiting then (else -1). */
+  #sentWithBacklogAt = -1;
+  /** Time to send one message to the route's clients, as measured (ms; moving average). */
+  #msPerMessage = 0;
 
-  constructor(readonly maxAgeMs: number, readonly floorWindowMs = 30_000) {}
+  constructor(
+    readonly maxAgeMs: number,
+    readonly maxDrainMs: number,
+    readonly floorWindowMs = 30_000,
+  ) {}
 
   /**
    * One message, `newer` ones known after it, stored at `storedAtMs` by the stream's clock and
@@ -135,6 +146,22 @@ export class BehindWatch {
     now: number,
     stalledSince: (wallMs: number) => number = () => 0,
   ): boolean {
+    if (this.#sentWithBacklogAt >= 0) {
+      this.#msPerMessage += 0.2 * (now - this.#sentWithBacklogAt - this.#msPerMessage);
+    }
+    const age = this.#age(storedAtMs, now, stalledSince);
+    this.#shedding = newer > 0 && age > this.maxAgeMs &&
+      newer * this.#msPerMessage > this.maxDrainMs;
+    this.#sentWithBacklogAt = !this.#shedding && newer > 0 ? now : -1;
+    return this.#shedding;
+  }
+
+  /** Whether the last message handled was shed. */
+  get shedding(): boolean {
+    return this.#shedding;
+  }
+
+  #age(storedAtMs: number, now: number, stalledSince: (wallMs: number) => number): number {
     if (now - this.#floorSince >= this.floorWindowMs) {
       this.#floorBefore = this.#floor;
       this.#floor = Infinity;
@@ -143,13 +170,6 @@ export class BehindWatch {
     const delay = now - storedAtMs;
     this.#floor = Math.min(this.#floor, delay);
     const waited = delay - Math.min(this.#floor, this.#floorBefore);
-    const age = waited - (waited > this.maxAgeMs ? stalledSince(now - waited) : 0);
-    this.#shedding = newer > 0 && age > this.maxAgeMs;
-    return this.#shedding;
-  }
-
-  /** Whether the last message handled was shed. */
-  get shedding(): boolean {
-    return this.#shedding;
+    return waited - (waited > this.maxAgeMs ? stalledSince(now - waited) : 0);
   }
 }

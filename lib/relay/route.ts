@@ -36,6 +36,12 @@ import { setImmediate } from "node:timers";
 const MAX_BEHIND_MS = 150;
 
 /**
+ * Shedding must save at least this much (ms) of sending what waits (BehindWatch): less is a
+ * burst the gateway clears at once, and its clients get all of it.
+ */
+const MIN_DRAIN_SAVED_MS = 100;
+
+/**
  * Lets Deno write what the last message queued before the next is handled: each send starts a
  * write that runs only when JavaScript yields, and messages that arrived together would
  * otherwise all be queued first, filling every client's queue (and its bounds) in one go.
@@ -86,7 +92,7 @@ export class Route {
   /** Stream-level progress: what was received, dead-lettered; the stream's identity. */
   readonly #progress = new RelayProgress();
   readonly #freshness = new FreshnessWatch();
-  readonly #behind = new BehindWatch(MAX_BEHIND_MS);
+  readonly #behind = new BehindWatch(MAX_BEHIND_MS, MIN_DRAIN_SAVED_MS);
   /** Topics given a message that was cached but not sent while the route was behind. */
   readonly #unsent = new Set<Topic>();
   readonly #consuming = Promise.withResolvers<void>();

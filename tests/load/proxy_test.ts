@@ -457,7 +457,19 @@ Deno.test({
             counters.join("\n"),
         );
       })).map(seqOf);
-    assert.deepEqual(received, Array.from({ length: published }, (_, i) => i + 1));
+    const every = Array.from({ length: published }, (_, i) => i + 1);
+    if (received.length !== every.length) {
+      // Say who skipped them: the route (behind its stream) or the client's bounds (conflated).
+      const admin = proxy.adminAddr;
+      const counters = (await fetch(`http://${admin.hostname}:${admin.port}/metrics`)
+        .then((r) => r.text())).split("\n").filter((l) =>
+          /^gateway_(slow_client_conflations|nats_messages_skipped)_total/.test(l)
+        );
+      console.log(
+        `proxy: missing ${every.filter((n) => !received.includes(n))}\n${counters.join("\n")}`,
+      );
+    }
+    assert.deepEqual(received, every);
     sampler.stop();
     const end = { fds: await fdCount(pid), ...await memory(pid) };
     // Control, last because it leaves the gateway fds for good: the same resets, not proxied.

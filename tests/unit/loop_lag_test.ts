@@ -81,41 +81,57 @@ Deno.test("LoopLag: stalledSince counts only the stalls after a given time", () 
   assert.equal(lag.stalledSince(wall), 0);
 });
 
+/** A watch that has measured `msPerMessage` per message sent with a backlog behind it. */
+function measured(msPerMessage: number, floorWindowMs = 30_000, offset = 0) {
+  const w = new BehindWatch(150, 100, floorWindowMs);
+  // Fresh messages, each sent while another waited, `msPerMessage` apart; our clock runs
+  // `offset` ms ahead of the stream's.
+  for (let i = 0; i < 40; i++) w.shed(1, i * msPerMessage, i * msPerMessage + offset);
+  w.shed(0, 40 * msPerMessage, 40 * msPerMessage + offset); // caught up: the stream idles
+  return { w, t: 40 * msPerMessage };
+}
+
 Deno.test("BehindWatch: a burst handled soon after it was stored is sent whole", () => {
-  const w = new BehindWatch(150);
-  const t0 = 5_000;
+  const { w, t } = measured(10);
   for (let newer = 300; newer >= 0; newer--) {
     // 301 messages stored at once, each handled within 40 ms of being stored
-    assert.equal(w.shed(newer, t0 + (300 - newer) * 10, t0 + (300 - newer) * 10 + 40), false);
+    const at = t + (300 - newer) * 10;
+    assert.equal(w.shed(newer, at, at + 40), false);
   }
   assert.equal(w.shedding, false);
 });
 
-Deno.test("BehindWatch: a message older than the bound with newer ones waiting is cached only", () => {
-  const w = new BehindWatch(150);
-  assert.equal(w.shed(0, 1000, 1001), false, "the clocks agree: a 1 ms floor");
-  assert.equal(w.shed(5, 1100, 1250), false, "149 ms old: sent");
-  assert.equal(w.shed(5, 1100, 1252), true, "151 ms old, newer ones waiting: shed");
+Deno.test("BehindWatch: an old backlog that takes long to send is shed, the newest sent", () => {
+  const { w, t } = measured(10); // 10 ms a message: 20 waiting take 200 ms
+  assert.equal(w.shed(20, t, t + 149), false, "149 ms old: sent");
+  assert.equal(w.shed(20, t, t + 160), true, "160 ms old, 200 ms of sending behind it: shed");
   assert.equal(w.shedding, true);
-  assert.equal(w.shed(0, 1100, 5000), false, "the newest is always sent");
+  assert.equal(w.shed(0, t, t + 5000), false, "the newest is always sent");
   assert.equal(w.shedding, false);
 });
 
+Deno.test("BehindWatch: an old backlog the gateway clears at once is sent whole", () => {
+  // The gateway was busy 300 ms (hostile frames); six snapshots waited; each takes 0.1 ms to send.
+  const { w, t } = measured(0.1);
+  for (let newer = 5; newer >= 0; newer--) {
+    assert.equal(w.shed(newer, t, t + 300 + (5 - newer) * 0.1), false, `shed at newer=${newer}`);
+  }
+});
+
 Deno.test("BehindWatch: the clocks' offset is not age; the process's stalls are not either", () => {
-  const w = new BehindWatch(150, 30_000);
   // Our clock runs 10 s ahead of the stream's: every delay is 10 s and more.
-  assert.equal(w.shed(0, 1000, 11_002), false);
-  assert.equal(w.shed(3, 1100, 11_200), false, "98 ms after the floor");
-  assert.equal(w.shed(3, 1200, 11_500), true, "298 ms after the floor");
+  const { w, t } = measured(10, 30_000, 10_000);
+  assert.equal(w.shed(30, t, t + 10_099), false, "99 ms after the floor");
+  assert.equal(w.shed(30, t, t + 10_300), true, "299 ms after the floor");
   // The same wait, 200 ms of it a stall that ended before the message was handled.
-  const stalls = (since: number) => (since <= 11_300 ? 200 : 0);
-  assert.equal(w.shed(3, 1200, 11_500, stalls), false, "98 ms of running time");
+  const stalls = (since: number) => (since <= t + 10_100 ? 200 : 0);
+  assert.equal(w.shed(30, t, t + 10_300, stalls), false, "99 ms of running time");
 });
 
 Deno.test("BehindWatch: the offset's floor is forgotten after two windows", () => {
-  const w = new BehindWatch(150, 1000);
-  assert.equal(w.shed(0, 0, -5000), false, "our clock was 5 s behind");
-  w.shed(0, 2000, 2001); // corrected: the floor is 1 ms from now on, once the old one is gone
-  w.shed(0, 3100, 3101);
-  assert.equal(w.shed(2, 3000, 3300), true, "299 ms old by the corrected clock");
+  const { w, t } = measured(10, 1000);
+  w.shed(0, t, t - 5000); // our clock was 5 s behind: a floor of -5 s
+  w.shed(0, t + 2000, t + 2001); // corrected: 1 ms from now on, once the old floor is gone
+  w.shed(0, t + 3100, t + 3101);
+  assert.equal(w.shed(30, t + 3000, t + 3300), true, "299 ms old by the corrected clock");
 });
