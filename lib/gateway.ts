@@ -3,7 +3,7 @@
  * `Route` per configured route (lib/relay/route.ts), each with its own consumer, caches and clients.
  */
 import type { NatsConnection } from "@nats-io/nats-core";
-import { Authenticator } from "./auth/auth.ts";
+import { Authenticator } from "./auth/authenticator.ts";
 import { CloseCode } from "./close_codes.ts";
 import type { Config } from "./config/config.ts";
 import { DeadLetters } from "./nats/dead_letters.ts";

@@ -1,7 +1,7 @@
 /**
  * Gateway configuration: the settings of lib/config/settings.ts (where each default is written, once)
  * parsed from the environment, checked against each other, frozen. No I/O: files named here are
- * read when the modules that use them start (lib/auth/auth.ts, lib/nats/connection.ts) and by
+ * read when the modules that use them start (lib/auth/keys.ts, lib/nats/connection.ts) and by
  * `--check-config` (lib/check_config.ts).
  */
 
@@ -99,9 +99,9 @@ export interface Config {
   readonly authTokens: readonly string[];
   /** GATEWAY_JWT_SECRET. A secret. */
   readonly jwtSecret: string;
-  /** GATEWAY_JWT_PUBLIC_KEY (read by lib/auth/auth.ts when it starts). */
+  /** GATEWAY_JWT_PUBLIC_KEY (read by lib/auth/keys.ts when it starts). */
   readonly jwtPublicKeyPath: string;
-  /** GATEWAY_JWT_JWKS (read by lib/auth/auth.ts when it starts). */
+  /** GATEWAY_JWT_JWKS (read by lib/auth/keys.ts when it starts). */
   readonly jwtJwksPath: string;
   /** GATEWAY_JWT_AUDIENCE; "" not checked. */
   readonly jwtAudience: string;

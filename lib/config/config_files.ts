@@ -1,9 +1,9 @@
 /**
  * The files a configuration names, checked before anything starts: JWT keys read and parsed as
- * lib/auth/auth.ts will read them; NATS credentials and certificates opened (lib/nats/connection.ts
+ * lib/auth/keys.ts will read them; NATS credentials and certificates opened (lib/nats/connection.ts
  * parses them when it connects). A file that cannot be used is a ConfigError (exit 2).
  */
-import { AuthConfigError, readJwtKeys } from "../auth/auth.ts";
+import { AuthConfigError, readJwtKeys } from "../auth/keys.ts";
 import { type Config } from "./config.ts";
 import { ConfigError } from "./config_error.ts";
 import { configuredFiles } from "./permissions.ts";

@@ -5,7 +5,8 @@
  * prints `--help` from it, scripts/gen_config_docs.ts writes docs/configuration.md from it.
  * Cross-setting checks (a durable consumer with workers, ...) live in lib/config/config.ts.
  */
-import { AuthConfigError, MIN_JWT_SECRET_BYTES, parseAllowedOrigins } from "../auth/auth.ts";
+import { AuthConfigError, MIN_JWT_SECRET_BYTES } from "../auth/keys.ts";
+import { parseAllowedOrigins } from "../auth/origins.ts";
 import { ConfigError } from "./config_error.ts";
 import { redactUrl } from "./redact.ts";
 import { parseRoutes, type RouteSpec } from "../relay/route_table.ts";
@@ -155,7 +156,7 @@ function jwtSecret(raw: string, name: string): string {
   return raw;
 }
 
-/** GATEWAY_ALLOWED_ORIGINS: lib/auth/auth.ts, which applies them, knows what an origin is. */
+/** GATEWAY_ALLOWED_ORIGINS: lib/auth/origins.ts, which applies them, knows what an origin is. */
 function origins(raw: string): readonly string[] {
   try {
     return Object.freeze(parseAllowedOrigins(raw));

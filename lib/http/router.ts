@@ -5,7 +5,9 @@
  * `(Request) => Response`, so tests call it in-process.
  */
 import { CLIENT_JS } from "./client_bundle.ts";
-import { Authenticator, type AuthOutcome, OriginPolicy, selectProtocol } from "../auth/auth.ts";
+import { Authenticator, type AuthOutcome } from "../auth/authenticator.ts";
+import { OriginPolicy } from "../auth/origins.ts";
+import { selectProtocol } from "../auth/tokens.ts";
 import type { Broadcaster } from "../relay/broadcaster.ts";
 import { type Encoding, ENCODINGS, parseEncoding } from "../relay/compression.ts";
 import type { Logger } from "../observe/log.ts";

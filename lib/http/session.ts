@@ -10,7 +10,7 @@
 import { CloseCode } from "../close_codes.ts";
 import type { Broadcaster, ClientSocket } from "../relay/broadcaster.ts";
 import type { GatewayMetrics } from "../observe/metrics.ts";
-import type { Refusal } from "../auth/auth.ts";
+import type { Refusal } from "../auth/authenticator.ts";
 import type { Encoding } from "../relay/compression.ts";
 
 /** The socket a session needs: a ClientSocket that also emits open/message/close events. */

@@ -1,19 +1,15 @@
-/** lib/auth/auth.ts without a network: token sources, JWT verification, routes claim, origins, config. */
+/** lib/auth/ without a network: token sources, JWT verification, routes claim, origins, config. */
 import assert from "node:assert/strict";
+import { Authenticator, type AuthOutcome } from "../../lib/auth/authenticator.ts";
+import { findToken, routesCover, selectProtocol } from "../../lib/auth/tokens.ts";
+import { JwtVerifier } from "../../lib/auth/jwt.ts";
+import { OriginPolicy, parseAllowedOrigins } from "../../lib/auth/origins.ts";
 import {
-  Authenticator,
-  type AuthOutcome,
-  findToken,
-  JwtVerifier,
-  OriginPolicy,
-  parseAllowedOrigins,
   type PublicJwk,
   readJwksFile,
   readJwtKeys,
   readPublicKeyFile,
-  routesCover,
-  selectProtocol,
-} from "../../lib/auth/auth.ts";
+} from "../../lib/auth/keys.ts";
 import { pathMatches } from "../../lib/wildcard.ts";
 import { Broadcaster } from "../../lib/relay/broadcaster.ts";
 import { parseConfig } from "../../lib/config/config.ts";
