@@ -309,7 +309,11 @@ async function failover(victim: NatsServer, watchers: Watchers): Promise<Failove
     () => sampler.samples.at(-1)?.health === 200 && sampler.samples.at(-1)?.ready === 200,
     "healthy again",
   );
-  const firstStored = publisher.ackedAt.find((at) => at !== undefined && at >= killedAt)!;
+  // The publisher's first ack after the kill can come after the client got that message (a soak
+  // run under load computed the bound before it came: NaN); the stream stored it by then.
+  const storedSinceKill = () => publisher.ackedAt.find((at) => at !== undefined && at >= killedAt);
+  await eventually(() => storedSinceKill() !== undefined, "an ack for a message after the kill");
+  const firstStored = storedSinceKill()!;
   const apiAgain = await api.answerSince(killedAt, "the JetStream API");
   const consumerAgain = await consumers.settledSince(killedAt, resumed.at, "a consumer create");
   const createTimes = consumers.answers.filter((a) => a.sentAt >= killedAt)

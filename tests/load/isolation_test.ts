@@ -92,8 +92,10 @@ Deno.test("isolation: 50 clients that stopped reading never cost 200 readers a s
     0,
     `${short.length} of ${READERS} readers missed snapshots (e.g. got ${short[0]?.seqs.length} of ${
       MESSAGES + 1
-    }); gateway said:\n${
-      gateway.lines.filter((l) => /"level":"warn"/.test(l)).slice(-10).join("\n")
+    }); skipped by the route as behind: ${
+      value(metrics, "gateway_nats_messages_skipped_total", { reason: "behind" })
+    }, conflated: ${value(metrics, "gateway_slow_client_conflations_total")}; gateway said:\n${
+      gateway.output.split("\n").filter((l) => /"level":"warn"/.test(l)).slice(-10).join("\n")
     }`,
   );
   // The stalled peers were conflated: what they skipped is counted, and is theirs alone.
