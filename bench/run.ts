@@ -8,6 +8,7 @@
  * publisher's snapshots (docs/performance.md).
  */
 import { connect } from "../lib/nats/transport.ts";
+import { buildLoadClient, CClient, type CStats } from "../tools/load_client.ts";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { ensureStreams } from "../lib/nats/streams.ts";
 import { createLogger } from "../lib/observe/log.ts";
@@ -35,7 +36,7 @@ const ENCODING_ROUNDS = Number(env.BENCH_ENCODING_ROUNDS ?? 1);
 const CAPACITY_DELIVERED = 0.99;
 /** Publish rate of the overload scenario (beyond what one core delivers to N_SMALL clients). */
 const OVERLOAD_RATE = Number(env.BENCH_OVERLOAD_RATE ?? 600);
-/** `c` (bench/client.c, the default where `cc` exists) or `js` (Deno WebSockets). */
+/** `c` (tools/load_client.c, the default where `cc` exists) or `js` (Deno WebSockets). */
 const CLIENT = env.BENCH_CLIENT ?? "c";
 const RELAY_CPUS = env.BENCH_RELAY_CPUS ?? "0";
 const CLIENT_PROCS = Number(env.BENCH_CLIENT_PROCS ?? 1);
@@ -486,78 +487,6 @@ async function runLoadScenarios(
 }
 
 // ---------- compiled load client (BENCH_CLIENT=c) ----------
-interface CStats {
-  received: number;
-  /** Payload bytes of every data frame, as received. */
-  bytes: number;
-  /** Binary (compressed) frames among them. */
-  binary: number;
-  gaps: number;
-  outOfOrder: number;
-  open: number;
-  closed: number;
-  latency: { count: number; p50: number; p99: number; p999: number; max: number };
-  /** First frame after the 101. */
-  snapshot: { count: number; p50: number; p99: number };
-  /** First frame after the start of the connect. */
-  first: { count: number; p50: number; p99: number; max: number };
-}
-
-/** One process of bench/client.c, optionally pinned to a CPU. */
-class CClient {
-  readonly child: Deno.ChildProcess;
-  readonly #writer: WritableStreamDefaultWriter<Uint8Array>;
-  readonly #lines: ReadableStreamDefaultReader<string>;
-  #buffer = "";
-
-  constructor(binary: string, port: number, n: number, cpu?: number, path = "/ws/stream") {
-    const args = [binary, String(port), String(n), path];
-    const command = cpu === undefined ? args : ["taskset", "-c", String(cpu), ...args];
-    this.child = new Deno.Command(command[0], {
-      args: command.slice(1),
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "inherit",
-    }).spawn();
-    this.#writer = this.child.stdin.getWriter();
-    this.#lines = this.child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  }
-
-  async #line(): Promise<string> {
-    while (!this.#buffer.includes("\n")) {
-      const { value, done } = await this.#lines.read();
-      if (done) throw new Error("load client exited");
-      this.#buffer += value;
-    }
-    const index = this.#buffer.indexOf("\n");
-    const line = this.#buffer.slice(0, index);
-    this.#buffer = this.#buffer.slice(index + 1);
-    return line;
-  }
-
-  async ready(): Promise<void> {
-    await this.#line();
-  }
-
-  /** Counters since the previous call (latencies too); snapshot times are per connection. */
-  async stats(): Promise<CStats> {
-    await this.#writer.write(new TextEncoder().encode("stats\n"));
-    return JSON.parse(await this.#line());
-  }
-
-  /** Frames received since the last stats(), without resetting (latencies keep accumulating). */
-  async count(): Promise<number> {
-    await this.#writer.write(new TextEncoder().encode("count\n"));
-    return JSON.parse(await this.#line()).received;
-  }
-
-  async quit(): Promise<void> {
-    await this.#writer.write(new TextEncoder().encode("quit\n")).catch(() => {});
-    await this.#writer.close().catch(() => {});
-    await this.#lines.cancel().catch(() => {});
-    await this.child.status;
-  }
-}
 
 /**
  * BENCH_CLIENT_PROCS client processes sharing `n` connections. Stats add up; latency
@@ -629,16 +558,12 @@ class CClientGroup {
 async function buildCClient(): Promise<string> {
   // A prebuilt client (e.g. a static build carried to a machine without a compiler).
   if (env.BENCH_CLIENT_BIN) return env.BENCH_CLIENT_BIN;
-  const output = `${root}bench/results/client`;
   await Deno.mkdir(`${root}bench/results`, { recursive: true });
-  const build = (args: string[]) =>
-    new Deno.Command("cc", { args: ["-O2", "-o", output, `${root}bench/client.c`, ...args] })
-      .spawn().status.then((status) => status.success);
-  if (await build(["-lz"])) return output;
-  // Without zlib (apt-get install zlib1g-dev) compressed frames are counted but not timed.
-  console.error("bench/client.c built without zlib: compressed frames are not timed");
-  if (!(await build(["-DNO_ZLIB"]))) throw new Error("cannot compile bench/client.c (needs cc)");
-  return output;
+  const built = await buildLoadClient(`${root}bench/results/client`);
+  if (!built.zlib) {
+    console.error("tools/load_client.c built without zlib: compressed frames are not timed");
+  }
+  return built.path;
 }
 
 async function fixedRateC(

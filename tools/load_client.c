@@ -1,4 +1,4 @@
-// Compiled load client for `deno task bench` (BENCH_CLIENT=c): N WebSocket connections on one
+// Compiled load client for `deno task bench` and the load tests (BENCH_CLIENT=c): N WebSocket connections on one
 // epoll loop, so the client is not the bottleneck when a relay delivers 100k+ frames/s.
 // Usage: client PORT N [PATH] (PATH default /ws/stream; e.g. /ws/stream?encoding=deflate-raw).
 // Commands on stdin, one per line:
