@@ -113,7 +113,7 @@ export class GatewayMetrics {
   );
   readonly loadShedding = new Gauge(
     "gateway_load_shedding",
-    "1 while a route is behind its stream for over 150 ms and sends clients only the newest snapshots.",
+    "1 while a route is behind its stream (a message over 300 ms old with over 200 ms of sending behind it) and sends clients only the newest snapshots.",
     "max",
   );
   readonly startTime = new Gauge(
