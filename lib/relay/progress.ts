@@ -108,8 +108,9 @@ export class FreshnessWatch {
  * Whether a message is worth sending or only caching. A route sheds a message only when it is
  * behind and shedding helps: the message is older than `maxAgeMs`, newer ones are already known
  * (stored, or buffered by the client), and sending all of those too would take longer than
- * `maxDrainMs` more (measured: the time from sending one message to handling the next while
- * others waited). A burst the gateway clears quickly reaches clients whole, however late it came
+ * `maxDrainMs` more, at the rate the route has been sending since this backlog began (the
+ * time since its first message was handled, per message sent since: a moment the gateway spent on
+ * something else before the backlog does not count). A burst the gateway clears quickly reaches clients whole, however late it came
  * (the proxy test: six snapshots held up while the gateway parsed 72 MB of hostile frames);
  * under overload messages age in a backlog that takes long to send, and clients skip to the
  * newest, which is always sent.
@@ -124,10 +125,10 @@ export class BehindWatch {
   #floorBefore = Infinity;
   #floorSince = -Infinity;
   #shedding = false;
-  /** When the last message sent was handled, if others were waiting then (else -1). */
-  #sentWithBacklogAt = -1;
-  /** Time to send one message to the route's clients, as measured (ms; moving average). */
-  #msPerMessage = 0;
+  /** When the first message of the current backlog was handled (-1: no backlog). */
+  #backlogSince = -1;
+  /** Messages sent (not shed) since then. */
+  #sentInBacklog = 0;
 
   constructor(
     readonly maxAgeMs: number,
@@ -146,13 +147,21 @@ export class BehindWatch {
     now: number,
     stalledSince: (wallMs: number) => number = () => 0,
   ): boolean {
-    if (this.#sentWithBacklogAt >= 0) {
-      this.#msPerMessage += 0.2 * (now - this.#sentWithBacklogAt - this.#msPerMessage);
-    }
     const age = this.#age(storedAtMs, now, stalledSince);
-    this.#shedding = newer > 0 && age > this.maxAgeMs &&
-      newer * this.#msPerMessage > this.maxDrainMs;
-    this.#sentWithBacklogAt = !this.#shedding && newer > 0 ? now : -1;
+    if (newer === 0) {
+      this.#backlogSince = -1;
+      this.#shedding = false;
+      return false;
+    }
+    if (this.#backlogSince < 0) {
+      this.#backlogSince = now;
+      this.#sentInBacklog = 0;
+    }
+    const msPerMessage = this.#sentInBacklog > 0
+      ? (now - this.#backlogSince) / this.#sentInBacklog
+      : 0;
+    this.#shedding = age > this.maxAgeMs && newer * msPerMessage > this.maxDrainMs;
+    if (!this.#shedding) this.#sentInBacklog++;
     return this.#shedding;
   }
 

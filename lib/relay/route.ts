@@ -38,8 +38,9 @@ import { setImmediate } from "node:timers";
 const MAX_BEHIND_MS = 300;
 
 /**
- * Shedding must save at least this much (ms) of sending what waits (BehindWatch): less is a
- * burst the gateway clears at once, and its clients get all of it.
+ * Shedding must save at least this much (ms) of sending what waits, at the rate this backlog has
+ * been sent (BehindWatch): less is a burst the gateway clears at once, and its clients get all
+ * of it.
  */
 const MIN_DRAIN_SAVED_MS = 200;
 

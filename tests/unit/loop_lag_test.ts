@@ -133,5 +133,24 @@ Deno.test("BehindWatch: the offset's floor is forgotten after two windows", () =
   w.shed(0, t, t - 5000); // our clock was 5 s behind: a floor of -5 s
   w.shed(0, t + 2000, t + 2001); // corrected: 1 ms from now on, once the old floor is gone
   w.shed(0, t + 3100, t + 3101);
+  w.shed(30, t + 3000, t + 3290); // a backlog begins: sent, 10 ms before the next
   assert.equal(w.shed(30, t + 3000, t + 3300), true, "299 ms old by the corrected clock");
+});
+
+Deno.test("BehindWatch: a moment spent elsewhere before a backlog does not make it look slow", () => {
+  const { w, t } = measured(10);
+  // Caught up at t; the gateway then spends 400 ms on something else (72 MB of hostile frames)
+  // while six snapshots arrive; sending each takes 0.1 ms: the backlog's own rate.
+  for (let newer = 5; newer >= 0; newer--) {
+    const at = t + 400 + (5 - newer) * 0.1;
+    assert.equal(w.shed(newer, t + 50, at), false, `shed at newer=${newer}`);
+  }
+});
+
+Deno.test("BehindWatch: the rate is the backlog's own, from its first message on", () => {
+  const w = new BehindWatch(150, 100);
+  w.shed(0, 0, 0); // a fresh message: the clocks agree
+  assert.equal(w.shed(40, 0, 400), false, "the first of a backlog: no rate yet, sent");
+  assert.equal(w.shed(39, 0, 412), true, "12 ms a message, 39 waiting: 468 ms to send; shed");
+  assert.equal(w.shed(0, 0, 413), false, "the newest");
 });
