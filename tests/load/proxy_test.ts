@@ -1,7 +1,8 @@
 /**
  * deploy/nginx.conf in front of the real gateway (main.ts as a child process): the hostile
  * clients of issue 10 (#6–#9) are replayed through nginx while a normal client receives every
- * message in order; the gateway's fds and RSS must stay bounded. Skipped without nginx.
+ * message in order (or counted as shed); the gateway's fds and RSS must stay bounded. Skipped
+ * without nginx.
  */
 import assert from "node:assert/strict";
 import net from "node:net";
@@ -11,6 +12,7 @@ import { makeCerts, type TestCerts } from "../helpers/certs.ts";
 import { findNginx, freePort, NginxProcess, renderConfig } from "../helpers/nginx.ts";
 import { GatewayProcess } from "../../tools/gateway_process.ts";
 import { encodeClientFrame } from "../helpers/raw_ws.ts";
+import parsePrometheusTextFormat from "parse-prometheus-text-format";
 
 const TOKEN = "proxy-test-token-0123456789";
 /**
@@ -457,19 +459,31 @@ Deno.test({
             counters.join("\n"),
         );
       })).map(seqOf);
+    // What the gateway promises a client that reads: every snapshot in order, ending on the
+    // newest, except what the route counted as shed because the gateway was behind (here: busy
+    // parsing 72 MB of hostile frames on a loaded machine; soak runs saw 1 and 6 shed) or the
+    // client's own bounds conflated. Nothing is lost without being counted.
     const every = Array.from({ length: published }, (_, i) => i + 1);
-    if (received.length !== every.length) {
-      // Say who skipped them: the route (behind its stream) or the client's bounds (conflated).
+    assert.ok(received.every((n, i) => i === 0 || n > received[i - 1]), "in order");
+    assert.equal(received.at(-1), published, "ends on the newest");
+    const missing = every.filter((n) => !received.includes(n));
+    if (missing.length > 0) {
       const admin = proxy.adminAddr;
-      const counters = (await fetch(`http://${admin.hostname}:${admin.port}/metrics`)
-        .then((r) => r.text())).split("\n").filter((l) =>
-          /^gateway_(slow_client_conflations|nats_messages_skipped)_total/.test(l)
-        );
-      console.log(
-        `proxy: missing ${every.filter((n) => !received.includes(n))}\n${counters.join("\n")}`,
+      const families = parsePrometheusTextFormat(
+        await fetch(`http://${admin.hostname}:${admin.port}/metrics`).then((r) => r.text()),
+      ) as { name: string; metrics: { value: string; labels?: Record<string, string> }[] }[];
+      const count = (name: string, reason?: string) =>
+        families.find((f) => f.name === name)?.metrics
+          .filter((m) => reason === undefined || m.labels?.reason === reason)
+          .reduce((sum, m) => sum + Number(m.value), 0) ?? 0;
+      const shed = count("gateway_nats_messages_skipped_total", "behind");
+      const conflated = count("gateway_slow_client_conflations_total");
+      console.log(`proxy: missing ${missing}; shed as behind ${shed}, conflated ${conflated}`);
+      assert.ok(
+        missing.length <= shed + conflated,
+        `${missing.length} missing, only ${shed} shed and ${conflated} conflated: ${missing}`,
       );
     }
-    assert.deepEqual(received, every);
     sampler.stop();
     const end = { fds: await fdCount(pid), ...await memory(pid) };
     // Control, last because it leaves the gateway fds for good: the same resets, not proxied.
@@ -484,7 +498,9 @@ Deno.test({
     console.log(
       `proxy: gateway fds ${base.fds} at start, ${sampler.peak.fds} at most, ${end.fds} at end; ` +
         `RSS ${(base.rss / MB).toFixed(0)} MB at start, peak ${(end.peak / MB).toFixed(0)} MB, ` +
-        `${(end.rss / MB).toFixed(0)} MB at end; normal client got ${published} of ${published} ` +
+        `${
+          (end.rss / MB).toFixed(0)
+        } MB at end; normal client got ${received.length} of ${published} ` +
         `in order\n  ${figures.join("\n  ")}`,
     );
   },
