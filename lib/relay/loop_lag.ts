@@ -12,7 +12,7 @@
 import process from "node:process";
 
 /** The process's CPU time (user + system), in ms. */
-export function cpuTimeMs(): number {
+function cpuTimeMs(): number {
   const { user, system } = process.cpuUsage();
   return (user + system) / 1000;
 }
